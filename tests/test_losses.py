@@ -1,0 +1,227 @@
+"""AdaptExpLoss and ExpLoss against an independent float64 NumPy implementation of the paper's eq. (1)-(3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bundle.losses import LOSS_NAMES, AdaptExpLoss, ExpLoss, make_loss
+
+EPS = 1e-6
+
+
+def reference_loss(logits, target, adaptive: bool, softmax: bool, reduction: str):
+    """Eq. (1)-(3) in float64: logits (B, C, spatial...), target (B, 1, spatial...) of 0/1."""
+    x = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(target, dtype=np.float64)
+    # softmax channel 1 of two logits is the sigmoid of their difference
+    z = x[:, 1:2] - x[:, 0:1] if softmax else x
+    p = 1.0 / (1.0 + np.exp(-z))
+    if adaptive:
+        k = y.reshape(len(y), -1).mean(axis=1).reshape((-1,) + (1,) * (y.ndim - 1))
+        lambda1, lambda2 = 1.0 / (k + EPS), 1.0 / (1.0 - k + EPS)
+    else:
+        lambda1 = lambda2 = 1.0
+    per_pixel = lambda1 * y * np.exp(-p) + lambda2 * (1.0 - y) * np.exp(-(1.0 - p))
+    return {"mean": per_pixel.mean(), "sum": per_pixel.sum(), "none": per_pixel}[reduction]
+
+
+def mixed_batch(seed: int, spatial=(16, 20)):
+    """B=3 targets: an empty image (k=0), a full one (k=1) and one with a random lesion fraction."""
+    rng = np.random.default_rng(seed)
+    target = np.zeros((3, 1, *spatial), dtype=np.float32)
+    target[1] = 1.0
+    target[2] = rng.random(spatial) < rng.uniform(0.05, 0.95)
+    return rng, target
+
+
+def make_logits(rng, channels: int, target):
+    shape = (target.shape[0], channels, *target.shape[2:])
+    return torch.from_numpy((3.0 * rng.standard_normal(shape)).astype(np.float32))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("softmax", [True, False], ids=["softmax", "sigmoid"])
+@pytest.mark.parametrize("loss_cls", [AdaptExpLoss, ExpLoss])
+def test_loss_matches_numpy_reference(loss_cls, softmax, reduction, seed):
+    rng, target = mixed_batch(seed)
+    logits = make_logits(rng, 2 if softmax else 1, target)
+    loss = loss_cls(softmax=softmax, sigmoid=not softmax, reduction=reduction)(logits, torch.from_numpy(target))
+    expected = reference_loss(logits.numpy(), target, loss_cls is AdaptExpLoss, softmax, reduction)
+    assert loss.dtype == torch.float32
+    assert loss.shape == np.shape(expected)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-6)
+
+
+def test_adaptive_weights_differ_from_exp():
+    rng, target = mixed_batch(3)
+    logits = make_logits(rng, 2, target)
+    adapt = AdaptExpLoss(reduction="none")(logits, torch.from_numpy(target))
+    plain = ExpLoss(reduction="none")(logits, torch.from_numpy(target))
+    # image 2 holds both classes, so both of its weights exceed 1
+    assert torch.all(adapt[2] > plain[2])
+
+
+def test_3d_volumes_use_k_over_all_spatial_dims():
+    rng, target = mixed_batch(4, spatial=(6, 5, 4))
+    logits = make_logits(rng, 2, target)
+    loss = AdaptExpLoss(reduction="none")(logits, torch.from_numpy(target))
+    np.testing.assert_allclose(loss.numpy(), reference_loss(logits.numpy(), target, True, True, "none"), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int64, torch.float16, torch.float64])
+def test_target_dtype_and_channel_free_shape(dtype):
+    rng, target = mixed_batch(5)
+    logits = make_logits(rng, 2, target)
+    expected = reference_loss(logits.numpy(), target, True, True, "mean")
+    as_dtype = torch.from_numpy(target).to(dtype)
+    for shaped in (as_dtype, as_dtype[:, 0]):
+        assert AdaptExpLoss()(logits, shaped).item() == pytest.approx(expected, rel=1e-6)
+
+
+def saturated_logits(target: torch.Tensor, correct: bool) -> torch.Tensor:
+    lesion = target[:, 0] if correct else 1.0 - target[:, 0]
+    return torch.stack([20.0 * (1.0 - 2.0 * lesion), 20.0 * (2.0 * lesion - 1.0)], dim=1)
+
+
+def two_class_target() -> torch.Tensor:
+    target = torch.zeros(2, 1, 16, 16)
+    target[0, :, 2:6, 3:9] = 1.0  # a small lesion, k = 24/256
+    target[1, :, :12] = 1.0  # a large one, k = 0.75
+    return target
+
+
+def test_anchor_perfect_prediction_is_two_over_e():
+    target = two_class_target()
+    loss = AdaptExpLoss()(saturated_logits(target, correct=True), target)
+    assert loss.item() == pytest.approx(2.0 / math.e, rel=1e-4)
+
+
+def test_anchor_fully_wrong_prediction_is_two():
+    target = two_class_target()
+    loss = AdaptExpLoss()(saturated_logits(target, correct=False), target)
+    assert loss.item() == pytest.approx(2.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("fill", [0.0, 1.0], ids=["k=0", "k=1"])
+def test_single_class_image_scores_between_one_over_e_and_one(fill):
+    target = torch.full((1, 1, 8, 8), fill)
+    perfect = AdaptExpLoss()(saturated_logits(target, correct=True), target)
+    wrong = AdaptExpLoss()(saturated_logits(target, correct=False), target)
+    assert perfect.item() == pytest.approx(1.0 / math.e, rel=1e-4)
+    assert wrong.item() == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("softmax", [True, False], ids=["softmax", "sigmoid"])
+@pytest.mark.parametrize("loss_cls", [AdaptExpLoss, ExpLoss])
+def test_gradients_finite_and_nonzero_for_empty_and_full_masks(loss_cls, softmax):
+    rng, target = mixed_batch(6)
+    logits = make_logits(rng, 2 if softmax else 1, target).requires_grad_()
+    loss = loss_cls(softmax=softmax, sigmoid=not softmax)(logits, torch.from_numpy(target))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(logits.grad).all()
+    for image in (0, 1):  # k = 0 and k = 1
+        assert (logits.grad[image] != 0).all()
+
+
+def test_bf16_autocast_computes_in_float32():
+    rng, target = mixed_batch(7)
+    features = torch.from_numpy(rng.standard_normal((3, 4, 16, 20)).astype(np.float32))
+    conv = torch.nn.Conv2d(4, 2, 3, padding=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = conv(features)
+        loss = AdaptExpLoss()(logits, torch.from_numpy(target))
+    assert logits.dtype == torch.bfloat16
+    assert loss.dtype == torch.float32
+    expected = reference_loss(logits.detach().float().numpy(), target, True, True, "mean")
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(conv.weight.grad).all() and conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("softmax", [True, False], ids=["softmax", "sigmoid"])
+def test_gradcheck_float64(softmax):
+    generator = torch.Generator().manual_seed(8)
+    logits = torch.randn(2, 2 if softmax else 1, 3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    target = torch.zeros(2, 1, 3, 4, dtype=torch.float64)
+    target[0, 0, 1:, 2:] = 1.0
+    target[1, 0, 0, 0] = 1.0
+    loss = AdaptExpLoss(softmax=softmax, sigmoid=not softmax)
+    assert torch.autograd.gradcheck(lambda x: loss(x, target), (logits,))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"softmax": True, "sigmoid": True}, "exactly one"),
+        ({"softmax": False, "sigmoid": False}, "exactly one"),
+        ({"reduction": "median"}, "median"),
+        ({"eps": 0.0}, "eps"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AdaptExpLoss(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "softmax, logits_shape, target_shape, match",
+    [
+        (True, (2, 1, 8, 8), (2, 1, 8, 8), r"softmax=True.*\(B, 2"),
+        (False, (2, 2, 8, 8), (2, 1, 8, 8), r"sigmoid=True.*\(B, 1"),
+        (True, (2, 2, 8, 8), (2, 1, 8, 9), r"\(2, 1, 8, 9\)"),
+        (True, (2, 2, 8, 8), (1, 1, 8, 8), r"\(1, 1, 8, 8\)"),
+        (True, (2, 2, 8, 8), (2, 2, 8, 8), r"\(2, 2, 8, 8\)"),
+        (True, (2, 2), (2, 1), r"\(2, 2\)"),
+    ],
+)
+def test_wrong_shapes_raise(softmax, logits_shape, target_shape, match):
+    loss = AdaptExpLoss(softmax=softmax, sigmoid=not softmax)
+    with pytest.raises(ValueError, match=match):
+        loss(torch.zeros(logits_shape), torch.zeros(target_shape))
+
+
+@pytest.mark.parametrize("bad_value", [0.5, 2.0, -1.0, 255.0])
+def test_non_binary_target_raises(bad_value):
+    target = torch.zeros(1, 1, 4, 4)
+    target[0, 0, 1, 1] = bad_value
+    with pytest.raises(ValueError, match="only 0"):
+        AdaptExpLoss()(torch.zeros(1, 2, 4, 4), target)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_make_loss_forward_backward(name):
+    generator = torch.Generator().manual_seed(9)
+    logits = torch.randn(2, 2, 32, 32, generator=generator, requires_grad=True)
+    target = (torch.rand(2, 1, 32, 32, generator=generator) < 0.3).float()
+    loss = make_loss(name)(logits, target)
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_make_loss_builds_the_named_classes_and_passes_kwargs():
+    assert type(make_loss("adaptexp")) is AdaptExpLoss
+    assert type(make_loss("exp")) is ExpLoss
+    assert make_loss("adaptexp", eps=1e-3).eps == 1e-3
+    sigmoid_exp = make_loss("exp", softmax=False, sigmoid=True)
+    assert sigmoid_exp(torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)).item() == pytest.approx(math.exp(-0.5))
+
+
+def test_make_loss_bce_is_binary_cross_entropy_on_logit_difference():
+    generator = torch.Generator().manual_seed(10)
+    logits = torch.randn(2, 2, 16, 16, generator=generator)
+    target = (torch.rand(2, 1, 16, 16, generator=generator) < 0.4).float()
+    expected = F.binary_cross_entropy_with_logits(logits[:, 1:2] - logits[:, 0:1], target)
+    assert make_loss("bce")(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_make_loss_unknown_name_lists_choices():
+    with pytest.raises(ValueError, match="adaptexp, exp, bce, dice, focal"):
+        make_loss("tversky")
