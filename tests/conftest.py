@@ -1,0 +1,33 @@
+"""Shared test fixtures: where the repository and the shared real data live, and how to run the bundle."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RFE_SHARED_DIR", REPO.parent / "shared"))
+ISIC_VAL = SHARED / "data" / "isic2017_val"
+
+
+def run_bundle(*args: str, cwd: Path = REPO, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle <args>`` in a real process from the bundle root."""
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def isic_val() -> Path:
+    if not (ISIC_VAL / "images").is_dir():
+        pytest.skip(f"real ISIC 2017 images not found at {ISIC_VAL} (set RFE_SHARED_DIR to the shared/ folder)")
+    return ISIC_VAL
