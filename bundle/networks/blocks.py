@@ -1,0 +1,107 @@
+"""YOLOv8's building blocks (Jocher et al., Ultralytics YOLOv8, 2023) used by the RFE module.
+
+Constructor arguments and submodule names follow the YOLOv8-era ``ultralytics.nn.modules`` so that a
+state_dict of those blocks loads here with ``strict=True`` and gives the same outputs
+(checked against a fixture made with the real package: ``tests/fixtures/make_yolov8_reference.py``).
+Everything is TorchScript-able (no generators, no class-level modules).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["SPPF", "Bottleneck", "C2f", "Conv", "autopad"]
+
+# ultralytics' initialize_weights() sets these on every BatchNorm2d of a YOLOv8 model.
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.03
+
+
+def autopad(k: int | tuple[int, ...], p: int | tuple[int, ...] | None = None, d: int = 1) -> int | list[int]:
+    """Padding that keeps the spatial size of a stride-1 convolution with kernel ``k`` and dilation ``d``."""
+    if p is not None:
+        return p
+    if isinstance(k, int):
+        return (d * (k - 1) + 1) // 2
+    return [(d * (x - 1) + 1) // 2 for x in k]
+
+
+class Conv(nn.Module):
+    """Conv2d (no bias) -> BatchNorm2d -> SiLU, with "same" padding by default."""
+
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        k: int | tuple[int, int] = 1,
+        s: int = 1,
+        p: int | None = None,
+        g: int = 1,
+        d: int = 1,
+        act: bool | nn.Module = True,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p, d), groups=g, dilation=d, bias=False)
+        self.bn = nn.BatchNorm2d(c2, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.act = act if isinstance(act, nn.Module) else (nn.SiLU() if act else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class Bottleneck(nn.Module):
+    """Two Convs (c1 -> int(c2*e) -> c2) with a residual add when ``shortcut`` and c1 == c2."""
+
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        shortcut: bool = True,
+        g: int = 1,
+        k: tuple[int | tuple[int, int], int | tuple[int, int]] = (3, 3),
+        e: float = 0.5,
+    ) -> None:
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1, c_, k[0], 1)
+        self.cv2 = Conv(c_, c2, k[1], 1, g=g)
+        self.add = shortcut and c1 == c2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C2f(nn.Module):
+    """CSP block with 2 convs: 1x1 Conv to 2c, split, n Bottlenecks chained on one half, concat all, 1x1 Conv."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5) -> None:
+        super().__init__()
+        self.c = int(c2 * e)
+        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
+        self.cv2 = Conv((2 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(Bottleneck(self.c, self.c, shortcut, g, k=(3, 3), e=1.0) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        for block in self.m:
+            y.append(block(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPF(nn.Module):
+    """Spatial Pyramid Pooling - Fast: 1x1 Conv to c1//2, one k x k max-pool chained 3 times, concat, 1x1 Conv."""
+
+    def __init__(self, c1: int, c2: int, k: int = 5) -> None:
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c_ * 4, c2, 1, 1)
+        self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y0 = self.cv1(x)
+        y1 = self.m(y0)
+        y2 = self.m(y1)
+        return self.cv2(torch.cat((y0, y1, y2, self.m(y2)), 1))
