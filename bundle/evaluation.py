@@ -90,8 +90,9 @@ class SegmentationReport:
             scores.per_image.clear()
 
     def iteration_completed(self, engine) -> None:
-        for item in engine.state.output:
-            self.add(item)
+        # The evaluator's output keeps only image/label/pred; the other keys (label_orig) are in the batch.
+        for batch_item, output_item in zip(engine.state.batch, engine.state.output):
+            self.add({**batch_item, **output_item})
 
     def add(self, item: dict) -> None:
         source = str(item["pred_orig"].meta.get("filename_or_obj", "")) if hasattr(item["pred_orig"], "meta") else ""

@@ -1,0 +1,156 @@
+"""The bundle as users run it: real `python -m monai.bundle` processes, real torchrun, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monai.bundle import ConfigParser
+
+from .conftest import REPO, SHARED, run_bundle
+
+pytestmark = pytest.mark.slow
+
+FAST = ("--backbone", "resnet34", "--image_size", "64", "--num_workers", "0")
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def trained_root(tmp_path_factory) -> Path:
+    """One short training on the embedded sample, shared by the tests below (bundle_root outside the repo)."""
+    root = tmp_path_factory.mktemp("bundle_root")
+    proc = run_bundle(
+        "run", "training", "--config_file", "configs/train.json", "--max_epochs", "1", "--bundle_root", str(root),
+        "--dataset_dir", str(REPO / "sample_data"), *FAST,
+    )
+    _ok(proc)
+    return root
+
+
+def test_training_writes_best_and_last_checkpoints(trained_root):
+    assert (trained_root / "models" / "model.pt").is_file()
+    assert list((trained_root / "models").glob("last_checkpoint_epoch=1.pt"))
+    assert list((trained_root / "runs").glob("events.out.tfevents.*"))
+    state = torch.load(trained_root / "models" / "model.pt", weights_only=True)
+    assert any(key.startswith("encoder") or key.startswith("decoder") for key in state)
+
+
+def test_training_resumes_from_the_last_checkpoint(trained_root, tmp_path):
+    root = tmp_path / "resume"
+    shutil.copytree(trained_root / "models", root / "models")
+    proc = run_bundle(
+        "run", "training", "--config_file", "configs/train.json", "--max_epochs", "2", "--resume", "true",
+        "--bundle_root", str(root), "--dataset_dir", str(REPO / "sample_data"), *FAST,
+    )
+    _ok(proc)
+    log = proc.stdout + proc.stderr
+    assert "Epoch: 2/2" in log and "Epoch: 1/2" not in log  # epoch 1 was not trained again
+    assert (root / "models" / "last_checkpoint_epoch=2.pt").is_file()
+
+
+def test_evaluation_on_real_photographs_reports_both_resolutions(trained_root, isic_val, tmp_path):
+    datalist = tmp_path / "datalist.json"
+    pairs = [
+        {"image": "images/ISIC_0001769.jpg", "label": "masks/ISIC_0001769.png"},
+        {"image": "full_resolution/ISIC_0012288.jpg", "label": "full_resolution/ISIC_0012288_mask.png"},
+    ]
+    datalist.write_text(json.dumps({"training": pairs, "validation": pairs, "test": pairs}))
+    proc = run_bundle(
+        "run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--bundle_root", str(trained_root),
+        "--dataset_dir", str(isic_val), "--datalist", str(datalist), *FAST,
+    )
+    _ok(proc)
+    report = json.loads((trained_root / "eval" / "metrics.json").read_text())
+    for resolution in ("working", "original"):
+        summary = report["summary"][resolution]
+        assert summary["n_images"] == 2
+        for key in ("mIoU", "mDice", "IoU_star", "Dice_star", "thresholded_jaccard", "HD95"):
+            assert np.isfinite(summary[key]), (resolution, key)
+    big = [row for row in report["per_image"]["original"] if row["name"] == "ISIC_0012288.jpg"][0]
+    assert big["tp"] + big["fp"] + big["fn"] + big["tn"] == 4288 * 2848
+    small = [row for row in report["per_image"]["working"] if row["name"] == "ISIC_0012288.jpg"][0]
+    assert small["tp"] + small["fp"] + small["fn"] + small["tn"] == 64 * 64
+    assert (trained_root / "eval" / "metrics_original.csv").is_file()
+    assert "| original |" in (trained_root / "eval" / "metrics.md").read_text()
+    assert (trained_root / "eval" / "overlays" / "ISIC_0012288_overlay.png").is_file()
+
+
+def test_evaluation_refuses_random_weights(tmp_path):
+    proc = run_bundle(
+        "run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--bundle_root", str(tmp_path),
+        "--dataset_dir", str(REPO / "sample_data"), *FAST,
+    )
+    assert proc.returncode == 2
+    assert "no trained weights" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_noise_is_added_in_the_0_1_range_before_normalisation():
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "configs" / "train.json"), str(REPO / "configs" / "evaluate.json")])
+    parser["noise_std"] = 0.1
+    names = [type(t).__name__ for t in parser.get_parsed_content("validate#preprocessing").transforms]
+    assert names.index("RandGaussianNoised") == names.index("NormalizeIntensityd") - 1
+    assert names.index("ScaleIntensityRanged") < names.index("RandGaussianNoised")
+
+
+def test_torchscript_and_onnx_exports_match_the_network(trained_root):
+    ckpt = str(trained_root / "models" / "model.pt")
+    common = ("--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--backbone", "resnet34")
+    _ok(run_bundle("verify_net_in_out", "network_def", *common))
+    _ok(run_bundle("ckpt_export", "network_def", "--filepath", str(trained_root / "model.ts"), "--ckpt_file", ckpt, *common))
+    _ok(run_bundle(
+        "onnx_export", "network_def", "--filepath", str(trained_root / "model.onnx"), "--ckpt_file", ckpt,
+        "--input_shape", "[1, 3, 256, 256]", *common,
+    ))
+    from bundle.networks import RFEUNet
+
+    network = RFEUNet(backbone="resnet34").eval()
+    network.load_state_dict(torch.load(ckpt, weights_only=True))
+    image = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        expected = network(image)
+        scripted = torch.jit.load(str(trained_root / "model.ts"))(image)
+    torch.testing.assert_close(scripted, expected, rtol=1e-4, atol=1e-4)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(trained_root / "model.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: image.numpy()})
+    np.testing.assert_allclose(onnx_out, expected.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_metadata_verifies_against_the_shared_schema():
+    schema = SHARED / "monai" / "meta_schema_20240725.json"
+    if not schema.is_file():
+        pytest.skip(f"metadata schema not found at {schema}")
+    proc = run_bundle("verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(schema))
+    _ok(proc)
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+def test_two_process_ddp_training_with_gloo(tmp_path):
+    """multi_gpu_train.json through real torchrun with 2 CPU processes (gloo)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+            "-m", "monai.bundle", "run", "training",
+            "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
+            "--max_epochs", "1", "--bundle_root", str(tmp_path), "--dataset_dir", str(REPO / "sample_data"), *FAST,
+        ],
+        cwd=REPO, capture_output=True, text=True, timeout=900, env=env,
+    )
+    _ok(proc)
+    assert (tmp_path / "models" / "model.pt").is_file()
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert state and not any(key.startswith("module.") for key in state)  # DDP wrapper unwrapped on save
