@@ -1,0 +1,50 @@
+"""Print how strongly each loss pushes a lesion pixel's logit, as a function of the predicted lesion probability.
+
+    python scripts/loss_gradients.py [--lesion_share 0.05]
+
+For one image whose lesion covers ``lesion_share`` of the pixels, the table gives |dL/dz| for a lesion pixel,
+where z = z1 - z0 is the logit difference of the 2-channel output (so p = sigmoid(z)), per pixel, with the
+loss's own per-image weighting: the gradient the optimiser sees from that pixel.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import fire
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bundle.losses import make_loss  # noqa: E402
+
+PROBABILITIES = (0.001, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
+
+
+def lesion_pixel_gradient(name: str, p: float, lesion_share: float, size: int = 100) -> float:
+    """|dL/dz| at one lesion pixel predicted with probability ``p``, in an image with the given lesion share."""
+    target = torch.zeros(1, 1, size, size)
+    target.view(-1)[: round(lesion_share * size * size)] = 1.0
+    z = torch.full((1, 1, size, size), torch.logit(torch.tensor(p)).item(), requires_grad=True)
+    logits = torch.cat([torch.zeros_like(z), z], dim=1)  # z1 - z0 = z
+    loss = make_loss(name, reduction="sum") if name in ("adaptexp", "exp") else make_loss(name)
+    value = loss(logits, target)
+    if name not in ("adaptexp", "exp"):
+        value = value * target.numel()  # the MONAI losses average; undo it to compare per-pixel pushes
+    value.backward()
+    return abs(z.grad.view(-1)[0].item())
+
+
+def main(lesion_share: float = 0.05, losses: str = "bce,exp,adaptexp,focal") -> None:
+    names = [n.strip() for n in losses.split(",") if n.strip()]
+    lines = ["| p (lesion pixel) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for p in PROBABILITIES:
+        cells = [f"{lesion_pixel_gradient(n, p, lesion_share):.4g}" for n in names]
+        lines.append(f"| {p:g} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(f"|dL/dz| for one lesion pixel, image lesion share k = {lesion_share:g}\n\n{table}")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
