@@ -1,0 +1,405 @@
+"""Datalists: building, reading and validating the JSON lists of image/mask pairs that the bundle trains on.
+
+A datalist is a JSON object that maps split names to lists of items, as in the MONAI model zoo::
+
+    {"training": [{"image": "images/x.jpg", "label": "masks/x.png"}, ...], "validation": [...], "test": [...]}
+
+Paths are stored relative to the data root, and :func:`load_datalist` returns them absolute. Items may also carry
+``image_orig``/``label_orig``, the original-resolution files behind a resized cache (see ``scripts/prepare_data.py``).
+
+Splits are made by ranking each item by the SHA-256 of ``"<seed>:<file name>"``: the assignment depends only on the
+seed and the file names, not on the folder the data sits in, the listing order, the platform or the Python version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from numbers import Integral
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MASK_EXTENSIONS",
+    "MASK_SUFFIXES",
+    "IGNORED_IMAGE_SUFFIXES",
+    "PATH_KEYS",
+    "SPLIT_KEYS",
+    "DEFAULT_SPLIT_FRACTIONS",
+    "DATALIST_NAME",
+    "file_stem",
+    "has_extension",
+    "load_datalist",
+    "list_images",
+    "pair_images_masks",
+    "datalist_from_folders",
+    "write_datalist",
+    "split_counts",
+    "split_items",
+    "kfold",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# ".nii.gz", ".nii" and ".nrrd" hold labels saved by 3D Slicer's Segment Editor.
+MASK_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".nii.gz", ".nii", ".nrrd")
+# A mask belongs to an image when its stem is the image's stem plus one of these (compared case-insensitively):
+# "" for images/ + masks/ with equal names, "_segmentation" for ISIC 2016-2018, "_lesion" for PH2.
+MASK_SUFFIXES = ("", "_segmentation", "_mask", "_lesion")
+# ISIC 2017's image folders also hold "<id>_superpixels.png" files, which are not photographs.
+IGNORED_IMAGE_SUFFIXES = ("_superpixels",)
+PATH_KEYS = ("image", "label", "image_orig", "label_orig")
+SPLIT_KEYS = ("training", "validation", "test")
+DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+DATALIST_NAME = "datalist.json"
+_DOUBLE_EXTENSIONS = (".nii.gz",)
+_MAX_LISTED_MISSING = 5
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """Return the file name without its extension, treating ``.nii.gz`` as one extension."""
+    name = Path(path).name
+    for extension in _DOUBLE_EXTENSIONS:
+        if name.lower().endswith(extension):
+            return name[: -len(extension)]
+    return Path(name).stem
+
+
+def has_extension(path: str | os.PathLike, extensions: Sequence[str]) -> bool:
+    """Whether the file name ends with one of ``extensions`` (case-insensitive, dots included)."""
+    name = Path(path).name.lower()
+    return any(name.endswith(extension) for extension in extensions)
+
+
+def _is_image_file(path: Path) -> bool:
+    ignored = any(file_stem(path).lower().endswith(suffix) for suffix in IGNORED_IMAGE_SUFFIXES)
+    return path.is_file() and has_extension(path, IMAGE_EXTENSIONS) and not ignored
+
+
+def _files(folder: Path, extensions: Sequence[str]) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and has_extension(p, extensions))
+
+
+def _resolve(path: str, base: Path) -> str:
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
+
+
+def load_datalist(
+    dataset_dir: str | os.PathLike | None = "", datalist: str | os.PathLike | None = None, key: str = "training"
+) -> list[dict[str, Any]]:
+    """
+    Read one split of a datalist and return its items with absolute paths, after checking that every file exists.
+
+    Args:
+        dataset_dir: the data root that relative paths in the datalist start from. When empty, they start from the
+            folder holding the datalist file.
+        datalist: the datalist JSON file. When None or empty, ``dataset_dir/datalist.json`` is used if it exists;
+            otherwise ``dataset_dir/images`` is paired with ``dataset_dir/masks`` and split 80/10/10
+            (see :func:`datalist_from_folders`). A relative path that does not exist from the working directory is
+            looked up under ``dataset_dir``.
+        key: the split to return, e.g. ``"training"``, ``"validation"`` or ``"test"``.
+
+    Returns:
+        The split's items as dicts; the values under :data:`PATH_KEYS` are absolute paths. A plain string entry
+        becomes ``{"image": path}``.
+
+    Raises:
+        ValueError: when the datalist is missing or not valid JSON, ``key`` is not in it, an entry is malformed, or
+            files named by the entries do not exist (the message lists the first few).
+    """
+    root = Path(dataset_dir).expanduser() if dataset_dir else None
+    if not datalist:
+        if root is None:
+            raise ValueError("load_datalist needs a dataset_dir or a datalist file, got neither.")
+        if not (root / DATALIST_NAME).is_file():
+            splits = datalist_from_folders(root)
+            if key not in splits:
+                raise ValueError(f"no split {key!r} in the folders of {root}; it has {sorted(splits)}.")
+            return splits[key]
+        datalist = root / DATALIST_NAME
+    datalist_path = Path(datalist).expanduser()
+    if not datalist_path.is_file() and root is not None and not datalist_path.is_absolute():
+        datalist_path = root / datalist_path
+    if not datalist_path.is_file():
+        raise ValueError(f"datalist file {datalist_path} does not exist.")
+    try:
+        content = json.loads(datalist_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"datalist file {datalist_path} is not valid JSON: {error}.") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"datalist file {datalist_path} holds a {type(content).__name__}, not an object of splits.")
+    if key not in content:
+        raise ValueError(f"datalist file {datalist_path} has no key {key!r}; its keys are {sorted(content)}.")
+    base = root.resolve() if root is not None else datalist_path.resolve().parent
+    items = [_absolute_item(entry, base, datalist_path, key) for entry in content[key]]
+    _check_files_exist(items, f"datalist file {datalist_path}, split {key!r}")
+    return items
+
+
+def _absolute_item(entry: Any, base: Path, source: Path, key: str) -> dict[str, Any]:
+    if isinstance(entry, str):
+        entry = {"image": entry}
+    if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+        raise ValueError(f'datalist file {source}, split {key!r}: entry {entry!r} has no "image" path.')
+    return {k: _resolve(v, base) if k in PATH_KEYS and isinstance(v, str) else v for k, v in entry.items()}
+
+
+def _check_files_exist(items: Sequence[Mapping[str, Any]], source: str) -> None:
+    paths = [item[k] for item in items for k in PATH_KEYS if isinstance(item.get(k), str)]
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if missing:
+        listed = ", ".join(missing[:_MAX_LISTED_MISSING])
+        more = f" and {len(missing) - _MAX_LISTED_MISSING} more" if len(missing) > _MAX_LISTED_MISSING else ""
+        raise ValueError(f"{source}: {len(missing)} listed file(s) do not exist: {listed}{more}.")
+
+
+def list_images(path: str | os.PathLike, key: str = "test") -> list[dict[str, str]]:
+    """
+    List the images to run inference on.
+
+    Args:
+        path: one of
+            - a folder: its image files (by extension, not recursive, sorted by name); when it holds none but has an
+              ``images`` subfolder, that subfolder's images;
+            - an image file;
+            - a datalist JSON file: the images of split ``key``. Where an item has ``image_orig`` (a resized cache),
+              the original is listed, so that predictions come out at the original resolution.
+        key: the split to read from a datalist file.
+
+    Returns:
+        ``[{"image": absolute_path}, ...]``.
+
+    Raises:
+        ValueError: when ``path`` does not exist, is a file of another type, or a folder without images.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        images = [p for p in sorted(path.iterdir()) if _is_image_file(p)]
+        if not images and (path / "images").is_dir():
+            images = [p for p in sorted((path / "images").iterdir()) if _is_image_file(p)]
+        if not images:
+            extensions = ", ".join(IMAGE_EXTENSIONS)
+            raise ValueError(f"folder {path} holds no images ({extensions}), nor does {path / 'images'}.")
+        return [{"image": str(p.resolve())} for p in images]
+    if path.is_file() and path.suffix.lower() == ".json":
+        return [{"image": item.get("image_orig", item["image"])} for item in load_datalist("", path, key)]
+    if path.is_file() and has_extension(path, IMAGE_EXTENSIONS):
+        return [{"image": str(path.resolve())}]
+    if path.is_file():
+        raise ValueError(f"{path} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor a datalist .json file.")
+    raise ValueError(f"{path} does not exist.")
+
+
+def pair_images_masks(
+    images_dir: str | os.PathLike, masks_dir: str | os.PathLike, mask_suffixes: Sequence[str] = MASK_SUFFIXES
+) -> tuple[list[dict[str, str]], list[str], list[str]]:
+    """
+    Pair the images of one folder with the masks of another (or the same) folder by file name.
+
+    The mask of image ``<stem>.<ext>`` is the file whose stem is ``<stem><suffix>`` for the first of
+    ``mask_suffixes`` that has one, compared case-insensitively (ISIC 2016 writes ``_Segmentation``, later years
+    ``_segmentation``). Files with :data:`IGNORED_IMAGE_SUFFIXES` are skipped. When both folders are the same, a file
+    taken as another image's mask is not listed as an image.
+
+    Args:
+        images_dir: folder of images (:data:`IMAGE_EXTENSIONS`), not searched recursively.
+        masks_dir: folder of masks (:data:`MASK_EXTENSIONS`), not searched recursively.
+        mask_suffixes: stem suffixes tried in order.
+
+    Returns:
+        ``(pairs, unpaired_images, unpaired_masks)``: pairs as ``{"image": path, "label": path}`` sorted by image
+        name, then the absolute paths of the images without a mask and of the masks without an image.
+
+    Raises:
+        ValueError: when a folder does not exist.
+    """
+    images_dir, masks_dir = Path(images_dir).resolve(), Path(masks_dir).resolve()
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise ValueError(f"folder {folder} does not exist.")
+    images = [p for p in _files(images_dir, IMAGE_EXTENSIONS) if _is_image_file(p)]
+    masks = _files(masks_dir, MASK_EXTENSIONS)
+    masks_by_stem: dict[str, Path] = {}
+    for mask in masks:
+        masks_by_stem.setdefault(file_stem(mask).lower(), mask)
+
+    mask_of: dict[Path, Path] = {}
+    for image in images:
+        for suffix in mask_suffixes:
+            mask = masks_by_stem.get((file_stem(image) + suffix).lower())
+            if mask is not None and mask != image:
+                mask_of[image] = mask
+                break
+    used_masks = set(mask_of.values())
+    # Where images and masks share a folder, a mask also looks like an image: it is not one.
+    pairs = [{"image": str(i), "label": str(m)} for i, m in mask_of.items() if i not in used_masks]
+    unpaired_images = [str(i) for i in images if i not in mask_of and i not in used_masks]
+    image_files = set(images)
+    unpaired_masks = [str(m) for m in masks if m not in used_masks and m not in image_files]
+    return pairs, unpaired_images, unpaired_masks
+
+
+def datalist_from_folders(dataset_dir: str | os.PathLike, seed: int = 0) -> dict[str, list[dict[str, str]]]:
+    """
+    Build splits from ``dataset_dir/images`` and ``dataset_dir/masks`` when no datalist file exists.
+
+    Pairs are split by :data:`DEFAULT_SPLIT_FRACTIONS` (80/10/10) with :func:`split_items`; unpaired files are
+    logged as warnings and left out.
+
+    Raises:
+        ValueError: when either folder is missing or no image has a mask.
+    """
+    root = Path(dataset_dir).expanduser()
+    if not (root / "images").is_dir() or not (root / "masks").is_dir():
+        raise ValueError(f"{root} has no {DATALIST_NAME} and no images/ + masks/ folders to pair.")
+    pairs, unpaired_images, unpaired_masks = pair_images_masks(root / "images", root / "masks")
+    for path in unpaired_images:
+        logger.warning("image without a mask, left out: %s", path)
+    for path in unpaired_masks:
+        logger.warning("mask without an image, left out: %s", path)
+    if not pairs:
+        raise ValueError(f"no image in {root / 'images'} has a mask in {root / 'masks'}.")
+    return split_items(pairs, DEFAULT_SPLIT_FRACTIONS, seed)
+
+
+def write_datalist(
+    path: str | os.PathLike, splits: Mapping[str, Sequence[Mapping[str, Any]]], root: str | os.PathLike
+) -> Path:
+    """
+    Write ``splits`` as a datalist JSON file whose paths are relative to ``root`` (with ``/`` separators).
+
+    The file is written to a temporary file in the same folder and moved into place, so a reader never sees half a
+    datalist. Only values under :data:`PATH_KEYS` are rewritten; other fields are kept.
+
+    Returns:
+        The path written.
+    """
+    path, root = Path(path), Path(root).resolve()
+
+    def relative(item: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            k: Path(os.path.relpath(Path(v).resolve(), root)).as_posix() if k in PATH_KEYS and isinstance(v, str) else v
+            for k, v in item.items()
+        }
+
+    content = {name: [relative(item) for item in items] for name, items in splits.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
+        json.dump(content, tmp, indent=2)
+        tmp.write("\n")
+    os.replace(tmp.name, path)
+    return path
+
+
+def split_counts(n: int, sizes: Sequence[float]) -> list[int]:
+    """
+    Turn split sizes into item counts that add up to ``n``.
+
+    Args:
+        n: the number of items.
+        sizes: counts (ints adding up to ``n``, used as they are) or proportions (any non-negative numbers, e.g.
+            fractions, or the counts of a differently sized dataset). Proportions :math:`s_i` give
+            :math:`\\lfloor n s_i / \\sum s \\rfloor` each, and the items left over go one each to the largest
+            remainders (ties to the earlier split): the largest-remainder method.
+
+    Raises:
+        ValueError: when ``sizes`` is empty, has a negative value, or adds up to zero.
+    """
+    if not sizes or any(s < 0 for s in sizes) or sum(sizes) <= 0:
+        raise ValueError(f"split sizes must be non-negative and add up to more than 0, got {list(sizes)}.")
+    if all(isinstance(s, Integral) for s in sizes) and sum(sizes) == n:
+        return list(sizes)
+    # Exact rational arithmetic, so that ties (e.g. 8 x 140/200 and 8 x 40/200) do not depend on rounding noise.
+    total = sum(Fraction(s) for s in sizes)
+    exact = [n * Fraction(s) / total for s in sizes]
+    counts = [math.floor(e) for e in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _item_name(item: Any) -> str:
+    return Path(item["image"] if isinstance(item, Mapping) else str(item)).name
+
+
+def _blocks_by_hash(items: Sequence[Any], counts: Sequence[int], seed: int) -> list[int]:
+    """Block index of each item: items ranked by SHA-256 of ``"<seed>:<file name>"`` are cut into ``counts``."""
+
+    def rank(i: int) -> tuple[str, str]:
+        item = items[i]
+        digest = hashlib.sha256(f"{seed}:{_item_name(item)}".encode()).hexdigest()
+        return digest, str(item["image"] if isinstance(item, Mapping) else item)  # full path breaks name ties
+
+    block_of = [0] * len(items)
+    order = sorted(range(len(items)), key=rank)
+    start = 0
+    for block, count in enumerate(counts):
+        for index in order[start : start + count]:
+            block_of[index] = block
+        start += count
+    return block_of
+
+
+def split_items(
+    items: Sequence[Any],
+    sizes: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    seed: int = 0,
+    keys: Sequence[str] = SPLIT_KEYS,
+) -> dict[str, list[Any]]:
+    """
+    Split ``items`` deterministically into named parts.
+
+    Items are ranked by the SHA-256 of ``"<seed>:<image file name>"``; the first ``counts[0]`` ranks go to
+    ``keys[0]``, the next ``counts[1]`` to ``keys[1]``, and so on, with ``counts = split_counts(len(items), sizes)``.
+    Each part keeps the items in their input order.
+
+    Args:
+        items: dicts with an ``"image"`` path, or paths.
+        sizes: exact counts (ints adding up to ``len(items)``) or fractions adding up to 1.
+        seed: changes the ranking; the same seed and file names give the same split anywhere.
+        keys: the names of the parts, one per size.
+
+    Raises:
+        ValueError: when ``sizes`` and ``keys`` differ in length, integer counts do not add up to ``len(items)``,
+            or fractions do not add up to 1.
+    """
+    if len(sizes) != len(keys):
+        raise ValueError(f"got {len(sizes)} split sizes {list(sizes)} for {len(keys)} split names {list(keys)}.")
+    if all(isinstance(s, Integral) for s in sizes):
+        if sum(sizes) != len(items):
+            raise ValueError(f"split counts {list(sizes)} add up to {sum(sizes)}, not to the {len(items)} items.")
+    elif not math.isclose(sum(sizes), 1.0, abs_tol=1e-6):
+        raise ValueError(f"split fractions {list(sizes)} add up to {sum(sizes)}, not to 1.")
+    part_of = _blocks_by_hash(items, split_counts(len(items), sizes), seed)
+    return {key: [item for item, p in zip(items, part_of, strict=True) if p == part] for part, key in enumerate(keys)}
+
+
+def kfold(items: Sequence[Any], k: int = 5, seed: int = 0) -> list[tuple[list[Any], list[Any]]]:
+    """
+    Partition ``items`` into ``k`` folds for cross-validation.
+
+    Items are ranked as in :func:`split_items` and cut into ``k`` consecutive blocks whose sizes differ by at most
+    one; fold ``i`` validates on block ``i`` and trains on the rest. Every item is validated on exactly once.
+
+    Returns:
+        ``[(training, validation), ...]``, one pair per fold, each list in input order.
+
+    Raises:
+        ValueError: when ``k < 2`` or there are fewer items than folds.
+    """
+    if k < 2:
+        raise ValueError(f"k-fold cross-validation needs k >= 2, got {k}.")
+    if len(items) < k:
+        raise ValueError(f"cannot make {k} folds from {len(items)} items.")
+    fold_of = _blocks_by_hash(items, split_counts(len(items), [1.0] * k), seed)
+    labelled = list(zip(items, fold_of, strict=True))
+    return [([i for i, f in labelled if f != fold], [i for i, f in labelled if f == fold]) for fold in range(k)]

@@ -1,0 +1,737 @@
+"""Prepare a skin-lesion dataset for the bundle: pair images with masks, check them, split them, write a datalist.
+
+Reads the official archives (zip) or their extracted folders of
+
+- ISIC 2016 Part 1: ``ISBI2016_ISIC_Part1_{Training,Test}_Data/ISIC_<id>.jpg`` with
+  ``ISBI2016_ISIC_Part1_{Training,Test}_GroundTruth/ISIC_<id>_Segmentation.png``;
+- ISIC 2017 Part 1: ``ISIC-2017_{Training,Validation,Test_v2}_Data/ISIC_<id>.jpg`` (``*_superpixels.png`` ignored)
+  with ``ISIC-2017_{Training,Validation,Test_v2}_Part1_GroundTruth/ISIC_<id>_segmentation.png``;
+- ISIC 2018 Task 1: ``ISIC2018_Task1-2_Training_Input/ISIC_<id>.jpg`` with
+  ``ISIC2018_Task1_Training_GroundTruth/ISIC_<id>_segmentation.png``;
+- PH2: ``PH2Dataset/PH2 Dataset images/IMD<n>/IMD<n>_Dermoscopic_Image/IMD<n>.bmp`` with
+  ``IMD<n>_lesion/IMD<n>_lesion.bmp`` (the ``.rar`` must be extracted first);
+- any ``images/`` + ``masks/`` pair of folders (mask stem = image stem, optionally + ``_segmentation``, ``_mask`` or
+  ``_lesion``),
+
+and writes ``<out>/datalist.json`` with paths relative to ``<out>``, split as in the paper's Table 2. Examples::
+
+    python scripts/prepare_data.py ISIC2018_Task1-2_Training_Input.zip ISIC2018_Task1_Training_GroundTruth.zip \\
+        --out data/isic2018 --cache_size 512
+    python scripts/prepare_data.py ~/PH2Dataset --out data/ph2 --folds 5
+    python scripts/prepare_data.py --download isic2017 --out data/isic2017
+
+Problems with single files (unpaired, unreadable, mask size differs from the image) are printed one per line and
+the files left out; problems that stop the run (missing folder, unknown layout, no pairs, failed download) are
+printed as one ``error:`` line each, with exit status 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlsplit
+from urllib.request import Request, urlopen
+
+import fire
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as `python scripts/prepare_data.py`: make `bundle` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bundle.data import (  # noqa: E402
+    DATALIST_NAME,
+    DEFAULT_SPLIT_FRACTIONS,
+    MASK_SUFFIXES,
+    SPLIT_KEYS,
+    file_stem,
+    has_extension,
+    kfold,
+    pair_images_masks,
+    split_counts,
+    split_items,
+    write_datalist,
+)
+
+LAYOUTS = ("isic2016", "isic2017", "isic2018", "ph2", "generic")
+ISIC_SUFFIXES = ("_segmentation",)  # matched case-insensitively: 2016 writes "_Segmentation"
+# split -> (images folder, masks folder) of the official archives.
+ISIC_FOLDERS: dict[str, dict[str, tuple[str, str]]] = {
+    "isic2016": {
+        "training": ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth"),
+        "test": ("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth"),
+    },
+    "isic2017": {
+        "training": ("ISIC-2017_Training_Data", "ISIC-2017_Training_Part1_GroundTruth"),
+        "validation": ("ISIC-2017_Validation_Data", "ISIC-2017_Validation_Part1_GroundTruth"),
+        "test": ("ISIC-2017_Test_v2_Data", "ISIC-2017_Test_v2_Part1_GroundTruth"),
+    },
+    "isic2018": {
+        "training": ("ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth"),
+    },
+}
+PH2_FOLDER = "PH2 Dataset images"
+# The paper's Table 2, (training, validation, test). Its ISIC 2017 row states 2000 images in all but splits 2150.
+PAPER_SPLITS = {"isic2018": (1815, 259, 520), "isic2017": (1400, 150, 600), "ph2": (140, 20, 40)}
+# ISIC 2016 is not in the paper: its official test set stays the test set, and 10% of its training set validates.
+ISIC2016_VALIDATION_FRACTION = 0.1
+SEARCH_DEPTH = 3  # how deep under each source the dataset's folders are looked for
+CACHE_JPEG_QUALITY = 95
+
+ISIC_HOST = "https://isic-challenge-data.s3.amazonaws.com"
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One official archive: ``<base_url>/<year>/<name>``."""
+
+    name: str
+    approx_gb: float  # rough size for the planning message; the server's Content-Length decides the disk check
+    checksum: str | None  # "sha256:<hex>" or "md5:<hex>"; None: not published, only recorded after download
+
+
+# Checksums as published alongside public dataset loaders (sha256 for ISIC 2018 from the torch-em project's table,
+# md5 for 2016/2017 from a public PyTorch dataset collection); --checksums overrides them.
+DOWNLOADS: dict[str, tuple[str, tuple[Archive, ...]]] = {
+    "isic2016": (
+        "2016",
+        (
+            Archive("ISBI2016_ISIC_Part1_Training_Data.zip", 0.9, "md5:2029f387e62dcc062b1370b1efc1f7fb"),
+            Archive("ISBI2016_ISIC_Part1_Training_GroundTruth.zip", 0.01, "md5:fbd77134298f3511479a37bac93109c7"),
+            Archive("ISBI2016_ISIC_Part1_Test_Data.zip", 0.4, "md5:efebcaeaae751007401a40a60d391f93"),
+            Archive("ISBI2016_ISIC_Part1_Test_GroundTruth.zip", 0.01, "md5:492a7711a2e19b96114cab6c96bd1ad5"),
+        ),
+    ),
+    "isic2017": (
+        "2017",
+        (
+            Archive("ISIC-2017_Training_Data.zip", 5.8, "md5:a14a7e622c67a358797ae59abb8a0b0c"),
+            Archive("ISIC-2017_Training_Part1_GroundTruth.zip", 0.01, "md5:77fdbeb6fbec4139937224416b250f4c"),
+            Archive("ISIC-2017_Validation_Data.zip", 0.9, "md5:8d6419d942112f709894c0d82f6c9038"),
+            Archive("ISIC-2017_Validation_Part1_GroundTruth.zip", 0.01, "md5:64d3e68fa2deeb8a5e89aa8dec2efd44"),
+            Archive("ISIC-2017_Test_v2_Data.zip", 5.5, "md5:5f6a0b5e1f2972bd1f5ea02680489f09"),
+            Archive("ISIC-2017_Test_v2_Part1_GroundTruth.zip", 0.01, "md5:b1742de6bd257faca3b2b21a4aa3b781"),
+        ),
+    ),
+    "isic2018": (
+        "2018",
+        (
+            Archive(
+                "ISIC2018_Task1-2_Training_Input.zip",
+                10.4,
+                "sha256:80f98572347a2d7a376227fa9eb2e4f7459d317cb619865b8b9910c81446675f",
+            ),
+            Archive(
+                "ISIC2018_Task1_Training_GroundTruth.zip",
+                0.03,
+                "sha256:99f8b2bb3c4d6af483362010715f7e7d5d122d9f6c02cac0e0d15bef77c7604c",
+            ),
+        ),
+    ),
+}
+_CHUNK = 1 << 20
+_WRITTEN_HERE = re.compile(r"cache\d+|downloads")  # this script's own folders under --out are not searched
+_DOWNLOAD_TIMEOUT_S = 60
+
+
+class DownloadError(Exception):
+    """A download that cannot go on; the message says what to do."""
+
+
+@dataclass
+class Collected:
+    """Pairs found for one layout: ``groups`` maps an official split name (or ``"all"``) to its pairs."""
+
+    layout: str
+    groups: dict[str, list[dict[str, str]]]
+    problems: list[str] = field(default_factory=list)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- archives, download
+
+
+def extract_zip(archive: Path, out: Path) -> None:
+    """
+    Extract ``archive`` into ``out``, skipping members already there with the same size (re-runs are cheap).
+
+    Raises:
+        ValueError: when the archive is not a readable zip or a member would land outside ``out``.
+    """
+    out = out.resolve()
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            todo = []
+            for member in zf.infolist():
+                if member.is_dir() or member.filename.startswith("__MACOSX/"):
+                    continue
+                target = (out / member.filename).resolve()
+                if not target.is_relative_to(out):
+                    raise ValueError(f"{archive}: member {member.filename!r} would be written outside {out}.")
+                if not (target.is_file() and target.stat().st_size == member.file_size):
+                    todo.append((member, target))
+            for member, target in tqdm(todo, desc=f"extracting {archive.name}", unit="file", disable=not todo):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_name(target.name + ".extracting")
+                with zf.open(member) as source, open(partial, "wb") as destination:
+                    shutil.copyfileobj(source, destination, _CHUNK)
+                os.replace(partial, target)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
+        raise ValueError(f"{archive} is not a readable zip archive ({error}).") from error
+
+
+def _file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_checksum(path: Path, checksum: str | None, name: str) -> None:
+    """Raise DownloadError (after deleting ``path``) when ``path``, the download of ``name``, fails ``checksum``."""
+    if checksum is None:
+        return
+    algorithm, _, expected = checksum.partition(":")
+    if algorithm not in ("sha256", "md5") or not expected:
+        raise DownloadError(f"checksum {checksum!r} for {name} is not 'sha256:<hex>' or 'md5:<hex>'.")
+    actual = _file_digest(path, algorithm)
+    if actual != expected.lower():
+        path.unlink()
+        raise DownloadError(
+            f"checksum mismatch for {name}: expected {algorithm} {expected}, got {actual}; "
+            "the corrupt download was deleted, run again to fetch it anew."
+        )
+
+
+def download_file(url: str, destination: Path, checksum: str | None = None) -> Path:
+    """
+    Download ``url`` to ``destination``, resuming a previous partial download and verifying ``checksum``.
+
+    Bytes arrive in ``<destination>.part``; when it exists, the request asks for the rest (HTTP Range) and appends,
+    or starts over when the server ignores the range. The file gets its final name only after its size and checksum
+    check out. An existing ``destination`` that matches ``checksum`` is kept.
+
+    Raises:
+        DownloadError: when the host cannot be reached, the server answers with an error, the transfer stops short,
+            the disk is too full, or the checksum does not match (the bad file is deleted).
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if destination.is_file():
+        _check_checksum(destination, checksum, destination.name)
+        _say(f"already downloaded: {destination}")
+        return destination
+    partial = destination.with_name(destination.name + ".part")
+    offset = partial.stat().st_size if partial.is_file() else 0
+    request = Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    host = urlsplit(url).netloc
+    try:
+        response = urlopen(request, timeout=_DOWNLOAD_TIMEOUT_S)
+    except HTTPError as error:
+        if error.code != 416 or not offset:  # 416: the range starts at the end, the .part is already whole
+            raise DownloadError(f"{url}: the server answered HTTP {error.code} {error.reason}.") from None
+        response = None
+    except (URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise DownloadError(
+            f"cannot reach {host} ({reason}): this machine seems offline. Download {url} by hand and pass the "
+            "archives or their extracted folders to prepare_data instead of --download."
+        ) from None
+    if response is not None:
+        with response:
+            resumed = response.status == 206
+            if resumed and _range_start(response) != offset:
+                partial.unlink(missing_ok=True)
+                raise DownloadError(
+                    f"{url}: asked for the bytes from {offset} on, the server sent another range; "
+                    "the partial download was deleted, run again."
+                )
+            if not resumed:
+                offset = 0  # the server sends the whole file: start over
+            length = response.headers.get("Content-Length")
+            remaining = int(length) if length is not None else None
+            free = shutil.disk_usage(destination.parent).free
+            if remaining is not None and free < remaining:
+                raise DownloadError(
+                    f"{destination.parent} has {free / 1e9:.1f} GB free, {destination.name} needs "
+                    f"{remaining / 1e9:.1f} GB more."
+                )
+            total = offset + remaining if remaining is not None else None
+            written = offset
+            try:
+                with (
+                    open(partial, "ab" if resumed else "wb") as f,
+                    tqdm(
+                        total=total, initial=offset, unit="B", unit_scale=True, desc=destination.name, mininterval=1.0
+                    ) as bar,
+                ):
+                    while chunk := response.read(_CHUNK):
+                        f.write(chunk)
+                        written += len(chunk)
+                        bar.update(len(chunk))
+            except OSError as error:
+                raise DownloadError(
+                    f"{destination.name}: the transfer broke off after {written} bytes ({error}); run again to resume."
+                ) from None
+            if total is not None and written != total:
+                raise DownloadError(
+                    f"{destination.name}: got {written} of {total} bytes; run again to resume from {partial}."
+                )
+    _check_checksum(partial, checksum, destination.name)
+    os.replace(partial, destination)
+    return destination
+
+
+def _range_start(response: Any) -> int | None:
+    """The first byte position of a 206 response's ``Content-Range: bytes <start>-<end>/<total>``."""
+    content_range = response.headers.get("Content-Range", "")
+    try:
+        return int(content_range.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _load_checksums(checksums: str | Mapping[str, str | None] | None) -> dict[str, str | None]:
+    if checksums is None:
+        return {}
+    if isinstance(checksums, Mapping):
+        return dict(checksums)
+    path = Path(str(checksums))
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read the checksums file {path}: {error}.") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"checksums file {path} must hold an object {{archive name: 'sha256:<hex>' or null}}.")
+    return content
+
+
+def download_dataset(
+    dataset: str, folder: Path, base_url: str | None = None, checksums: Mapping[str, str | None] | None = None
+) -> list[Path]:
+    """
+    Download the official archives of ``dataset`` (a key of :data:`DOWNLOADS`) into ``folder``.
+
+    Args:
+        dataset: ``"isic2016"``, ``"isic2017"`` or ``"isic2018"``.
+        folder: where the archives go.
+        base_url: replaces :data:`ISIC_HOST` (a mirror, or a local server in tests).
+        checksums: archive name -> ``"sha256:<hex>"``/``"md5:<hex>"``/None, overriding the table.
+
+    Returns:
+        The archive paths.
+    """
+    if dataset not in DOWNLOADS:
+        raise ValueError(f"cannot download {dataset!r}; --download knows {', '.join(DOWNLOADS)} (PH2 is not public).")
+    year, archives = DOWNLOADS[dataset]
+    checksums = dict(checksums or {})
+    base = (base_url or ISIC_HOST).rstrip("/")
+    _say(f"{dataset}: {len(archives)} archive(s), about {sum(a.approx_gb for a in archives):.1f} GB, into {folder}")
+    return [
+        download_file(f"{base}/{year}/{a.name}", folder / a.name, checksums.get(a.name, a.checksum)) for a in archives
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- finding the layout
+
+
+def _folder_index(roots: Sequence[Path], depth: int = SEARCH_DEPTH) -> dict[str, list[Path]]:
+    """Folder name -> folders of that name under ``roots`` (the roots included), shallowest first."""
+    index: dict[str, list[Path]] = {}
+    level = [root.resolve() for root in roots]
+    for current_depth in range(depth + 1):
+        next_level = []
+        for folder in level:
+            index.setdefault(folder.name, []).append(folder)
+            if current_depth == depth:
+                continue
+            try:
+                with os.scandir(folder) as entries:
+                    children = [Path(e.path) for e in entries if e.is_dir() and not _WRITTEN_HERE.fullmatch(e.name)]
+            except OSError:
+                continue
+            next_level += sorted(children)
+        level = next_level
+    return index
+
+
+def _generic_roots(index: Mapping[str, list[Path]]) -> list[Path]:
+    return [p.parent for p in index.get("images", []) if (p.parent / "masks").is_dir()]
+
+
+def detect_layout(index: Mapping[str, list[Path]]) -> str:
+    """
+    The layout whose folders ``index`` holds; a dataset-specific layout wins over a stray ``images/`` + ``masks/``.
+
+    Raises:
+        ValueError: when no layout or several dataset-specific layouts are found.
+    """
+    found = [name for name, splits in ISIC_FOLDERS.items() if any(f in index for pair in splits.values() for f in pair)]
+    if PH2_FOLDER in index:
+        found.append("ph2")
+    if len(found) > 1:
+        raise ValueError(f"found the folders of several datasets ({', '.join(found)}); pass --layout to pick one.")
+    if found:
+        return found[0]
+    if _generic_roots(index):
+        return "generic"
+    expected = [pair[0] for splits in ISIC_FOLDERS.values() for pair in splits.values()] + [PH2_FOLDER]
+    raise ValueError(
+        f"found no known dataset layout: none of {', '.join(expected)}, nor images/ + masks/ folders "
+        f"(searched {SEARCH_DEPTH} levels deep)."
+    )
+
+
+def _pairs_between(images_dir: Path, masks_dir: Path, suffixes: Sequence[str], problems: list[str]) -> list[dict]:
+    pairs, unpaired_images, unpaired_masks = pair_images_masks(images_dir, masks_dir, suffixes)
+    problems += [f"unpaired image (no mask in {masks_dir}): {p}" for p in unpaired_images]
+    problems += [f"unpaired mask (no image in {images_dir}): {p}" for p in unpaired_masks]
+    return pairs
+
+
+def _collect_isic(layout: str, index: Mapping[str, list[Path]]) -> Collected:
+    folders = [name for pair in ISIC_FOLDERS[layout].values() for name in pair]
+    if not any(name in index for name in folders):
+        raise ValueError(f"found none of the {layout} folders ({', '.join(folders)}) under the sources.")
+    collected = Collected(layout, {})
+    for split, (images_name, masks_name) in ISIC_FOLDERS[layout].items():
+        images_dirs, masks_dirs = index.get(images_name), index.get(masks_name)
+        if images_dirs and masks_dirs:
+            collected.groups[split] = _pairs_between(images_dirs[0], masks_dirs[0], ISIC_SUFFIXES, collected.problems)
+        elif images_dirs or masks_dirs:
+            have, lack = (images_name, masks_name) if images_dirs else (masks_name, images_name)
+            collected.problems.append(f"found {have} but not {lack}: its {split} split is left out")
+    return collected
+
+
+def _collect_ph2(index: Mapping[str, list[Path]]) -> Collected:
+    collected = Collected("ph2", {"all": []})
+    for case in sorted(p for p in index[PH2_FOLDER][0].iterdir() if p.is_dir()):
+        images_dir, masks_dir = case / f"{case.name}_Dermoscopic_Image", case / f"{case.name}_lesion"
+        if not images_dir.is_dir() or not masks_dir.is_dir():
+            missing = images_dir if not images_dir.is_dir() else masks_dir
+            collected.problems.append(f"case {case.name} has no folder {missing.name}: left out ({case})")
+            continue
+        collected.groups["all"] += _pairs_between(images_dir, masks_dir, ("_lesion",), collected.problems)
+    return collected
+
+
+def collect_pairs(layout: str, index: Mapping[str, list[Path]]) -> Collected:
+    """Pair images with masks in the folders of ``layout``, noting unpaired files as problems."""
+    if layout in ISIC_FOLDERS:
+        return _collect_isic(layout, index)
+    if layout == "ph2":
+        if PH2_FOLDER not in index:
+            raise ValueError(f"found no {PH2_FOLDER!r} folder (from PH2Dataset.rar) under the sources.")
+        return _collect_ph2(index)
+    roots = _generic_roots(index)
+    if not roots:
+        raise ValueError("found no folder holding both images/ and masks/ under the sources.")
+    collected = Collected("generic", {})
+    collected.groups["all"] = _pairs_between(roots[0] / "images", roots[0] / "masks", MASK_SUFFIXES, collected.problems)
+    return collected
+
+
+# ------------------------------------------------------------------------------------------------ checking files
+
+
+def image_size(path: str) -> tuple[int, int] | None:
+    """
+    Decode ``path`` fully and return its (width, height); None for NIfTI/NRRD labels (read, not sized).
+
+    JPEGs decode at a reduced scale (``draft``), which still reads every byte, so truncation is caught.
+
+    Raises:
+        ValueError: naming the file and why it cannot be read (empty, truncated, not an image).
+    """
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"unreadable (empty file): {path}")
+    try:
+        if has_extension(path, (".nii", ".nii.gz")):
+            import nibabel
+
+            np.asarray(nibabel.load(path).dataobj)
+            return None
+        if has_extension(path, (".nrrd",)):
+            import nrrd
+
+            nrrd.read(path)
+            return None
+        with Image.open(path) as image:
+            size = image.size
+            image.draft(image.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))  # JPEG only; others ignore it
+            image.load()
+        return size
+    except UnidentifiedImageError:
+        raise ValueError(f"unreadable (not an image format PIL reads): {path}") from None
+    except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, EOFError, zlib errors...
+        raise ValueError(f"unreadable ({type(error).__name__}: {error}): {path}") from None
+
+
+def check_pair(pair: Mapping[str, str]) -> str | None:
+    """The reason ``pair`` cannot be used, or None when image and mask read and have the same size."""
+    try:
+        image, mask = image_size(pair["image"]), image_size(pair["label"])
+    except ValueError as error:
+        return str(error)
+    if image is not None and mask is not None and image != mask:
+        return (
+            f"mask {mask[0]}x{mask[1]} differs from its image {image[0]}x{image[1]}: {pair['label']} "
+            f"(image {pair['image']})"
+        )
+    return None
+
+
+def _parallel(function: Callable[[Any], Any], items: Sequence[Any], desc: str) -> list[Any]:
+    # Pillow decodes and encodes without the GIL, so threads give real parallelism here.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        # A bar only for long runs, and only on a terminal (disable=None).
+        quiet = len(items) < 50 or None
+        return list(tqdm(pool.map(function, items), total=len(items), desc=desc, unit="pair", disable=quiet))
+
+
+# ----------------------------------------------------------------------------------------------------- splitting
+
+
+def _scaled(counts: Sequence[int], n: int, what: str) -> list[int]:
+    scaled = split_counts(n, counts)
+    if n != sum(counts):
+        _say(
+            f"{what} splits {sum(counts)} cases as {'/'.join(map(str, counts))}; found {n} pairs, "
+            f"so the proportions are scaled to {'/'.join(map(str, scaled))}."
+        )
+    return scaled
+
+
+def make_splits(collected: Collected, seed: int) -> dict[str, list[dict[str, str]]]:
+    """
+    Training/validation/test splits for ``collected``:
+
+    - ISIC 2018 and PH2: the paper's Table 2 counts (scaled, and said so, for another number of pairs);
+    - ISIC 2017: the official split when all three official parts are present, else Table 2's 1400/150/600 scaled;
+    - ISIC 2016: the official test set; 10% of the official training set validates;
+    - generic: 80/10/10.
+    """
+    groups, layout = collected.groups, collected.layout
+    if layout == "isic2017" and all(groups.get(key) for key in SPLIT_KEYS):
+        _say("ISIC 2017: using the official training/validation/test split.")
+        return {key: groups[key] for key in SPLIT_KEYS}
+    if layout == "isic2016" and groups.get("training") and groups.get("test"):
+        fractions = (1 - ISIC2016_VALIDATION_FRACTION, ISIC2016_VALIDATION_FRACTION)
+        splits = split_items(groups["training"], fractions, seed, keys=SPLIT_KEYS[:2])
+        return {**splits, "test": groups["test"]}
+    pool = sorted((pair for pairs in groups.values() for pair in pairs), key=lambda p: p["image"])
+    if layout in PAPER_SPLITS:
+        sizes: Sequence[float] = _scaled(PAPER_SPLITS[layout], len(pool), f"The paper's Table 2 ({layout})")
+    else:
+        sizes = DEFAULT_SPLIT_FRACTIONS
+    return split_items(pool, sizes, seed)
+
+
+# -------------------------------------------------------------------------------------------------------- cache
+
+
+def _resized_size(size: tuple[int, int], longer_side: int) -> tuple[int, int]:
+    scale = longer_side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _is_fresh(target: Path, source: Path) -> bool:
+    return target.is_file() and target.stat().st_mtime_ns >= source.stat().st_mtime_ns
+
+
+def _save_atomically(image: Image.Image, target: Path, **params: Any) -> None:
+    partial = target.with_name(f".{target.name}.partial")
+    image.save(partial, format="JPEG" if target.suffix == ".jpg" else "PNG", **params)
+    os.replace(partial, target)
+
+
+def cache_pair(pair: Mapping[str, str], cache_dir: Path, longer_side: int) -> dict[str, str]:
+    """
+    A copy of ``pair`` resized so that its longer side is ``longer_side``, written once under ``cache_dir``.
+
+    The image is resampled with Lanczos and stored as JPEG (quality 95, no chroma subsampling); the mask is
+    binarised (above half its range: 0/1 and 0/255 masks alike) and resized with nearest neighbour to a 0/255
+    PNG. Pairs already no larger, and NIfTI/NRRD masks, are not copied: their item points at the originals.
+
+    Returns:
+        ``{"image", "label", "image_orig", "label_orig"}``.
+    """
+    image_path, label_path = Path(pair["image"]), Path(pair["label"])
+    originals = {"image_orig": str(image_path), "label_orig": str(label_path)}
+    item = {"image": str(image_path), "label": str(label_path), **originals}
+    if not has_extension(label_path, (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".gif")):
+        return item
+    cached_image = cache_dir / "images" / f"{file_stem(image_path)}.jpg"
+    cached_label = cache_dir / "masks" / f"{file_stem(image_path)}.png"
+    if _is_fresh(cached_image, image_path) and _is_fresh(cached_label, label_path):
+        return {**item, "image": str(cached_image), "label": str(cached_label)}
+    with Image.open(image_path) as image:
+        if max(image.size) <= longer_side:
+            return item
+        size = _resized_size(image.size, longer_side)
+        image.draft(image.mode, size)  # JPEG only: decode at the smallest power-of-two scale still >= size
+        resized = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    with Image.open(label_path) as label:
+        values = np.asarray(label.convert("L"))
+    foreground = values > (0 if values.max() <= 1 else 127)
+    mask = Image.fromarray(np.where(foreground, 255, 0).astype(np.uint8), "L").resize(size, Image.Resampling.NEAREST)
+    cached_image.parent.mkdir(parents=True, exist_ok=True)
+    cached_label.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomically(resized, cached_image, quality=CACHE_JPEG_QUALITY, subsampling=0)
+    _save_atomically(mask, cached_label)
+    return {**item, "image": str(cached_image), "label": str(cached_label)}
+
+
+def _cache_all(pairs: Sequence[Mapping[str, str]], cache_dir: Path, longer_side: int) -> dict[str, dict[str, str]]:
+    """Original image path -> cached item, for every pair."""
+    names: dict[str, str] = {}
+    for pair in pairs:
+        other = names.setdefault(file_stem(pair["image"]), pair["image"])
+        if other != pair["image"]:
+            raise ValueError(f"--cache_size needs distinct image names; {other} and {pair['image']} share one.")
+    items = _parallel(lambda p: cache_pair(p, cache_dir, longer_side), pairs, f"caching at {longer_side} px")
+    return {pair["image"]: item for pair, item in zip(pairs, items, strict=True)}
+
+
+# --------------------------------------------------------------------------------------------------------- main
+
+
+def prepare_data(
+    *sources: str,
+    out: str | None = None,
+    layout: str = "auto",
+    seed: int = 0,
+    folds: int = 0,
+    cache_size: int = 0,
+    datalist: str = DATALIST_NAME,
+    download: str | None = None,
+    base_url: str | None = None,
+    checksums: str | Mapping[str, str | None] | None = None,
+) -> dict[str, Any]:
+    """
+    Build a datalist for a dermoscopy dataset.
+
+    Args:
+        sources: zip archives (extracted into ``out``) and/or folders holding the dataset's folders (searched 3
+            levels deep).
+        out: the data root: where archives are extracted, the cache is written, and the datalist's paths start.
+            Defaults to the single source folder.
+        layout: ``auto``, ``isic2016``, ``isic2017``, ``isic2018``, ``ph2`` or ``generic``.
+        seed: seed of the splits (same seed and file names, same split).
+        folds: when >= 2, also write ``datalist_fold{i}.json`` for i = 0..folds-1: training = the other folds,
+            validation = test = fold i.
+        cache_size: when > 0, store copies whose longer side is this many pixels under ``<out>/cache<size>/``;
+            the datalist's ``image``/``label`` then point at them and ``image_orig``/``label_orig`` at the originals.
+        datalist: file name of the datalist, written into ``out``.
+        download: ``isic2016``, ``isic2017`` or ``isic2018``: first fetch the official archives into
+            ``<out>/downloads``.
+        base_url: host replacing the official one for ``download`` (mirror, tests).
+        checksums: JSON file (or mapping) of archive name -> ``"sha256:<hex>"``/``"md5:<hex>"``/null overriding the
+            built-in checksums.
+
+    Returns:
+        A summary: ``layout``, ``datalist`` (path), ``counts`` per split, ``folds`` (paths), ``problems``.
+
+    Raises:
+        ValueError: for the problems that stop the run (message names the file or folder).
+        DownloadError: when ``download`` fails.
+    """
+    if layout != "auto" and layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose auto, {', '.join(LAYOUTS)}.")
+    source_paths = [Path(str(s)).expanduser() for s in sources]
+    for path in source_paths:
+        if not path.exists():
+            raise ValueError(f"source {path} does not exist.")
+        if path.is_file() and path.suffix.lower() != ".zip":
+            hint = " (extract PH2Dataset.rar first, e.g. with unrar or 7z)" if path.suffix.lower() == ".rar" else ""
+            raise ValueError(f"source {path} is neither a folder nor a .zip archive{hint}.")
+    if not source_paths and download is None:
+        raise ValueError("give the dataset's folders or archives, or --download isic2016|isic2017|isic2018.")
+    folders = [p for p in source_paths if p.is_dir()]
+    if out is None:
+        if len(folders) != 1 or len(source_paths) != 1:
+            raise ValueError("pass --out: it defaults to the source folder only when there is exactly one.")
+        out = str(folders[0])
+    out_dir = Path(str(out)).expanduser().resolve()
+    archives = [p for p in source_paths if p.is_file()]
+    if download is not None:
+        download = str(download)
+        archives += download_dataset(download, out_dir / "downloads", base_url, _load_checksums(checksums))
+        layout = download if layout == "auto" else layout
+    for archive in archives:
+        extract_zip(archive, out_dir)
+    roots = folders + ([out_dir] if archives else [])
+
+    index = _folder_index(roots)
+    layout = detect_layout(index) if layout == "auto" else layout
+    collected = collect_pairs(layout, index)
+    pairs = [pair for group in collected.groups.values() for pair in group]
+    reasons = _parallel(check_pair, pairs, "checking files")
+    collected.problems += [reason for reason in reasons if reason]
+    bad = {pair["image"] for pair, reason in zip(pairs, reasons, strict=True) if reason}
+    collected.groups = {k: [p for p in group if p["image"] not in bad] for k, group in collected.groups.items()}
+    for problem in collected.problems:
+        _warn(problem)
+    usable = [pair for group in collected.groups.values() for pair in group]
+    if not usable:
+        raise ValueError(f"no usable image/mask pairs for layout {layout} under {', '.join(map(str, roots))}.")
+    _say(f"layout {layout}: {len(usable)} pairs ({len(collected.problems)} problem(s) reported above)")
+
+    splits = make_splits(collected, int(seed))
+    fold_splits = []
+    if int(folds) >= 2:
+        for training, held_out in kfold(sorted(usable, key=lambda p: p["image"]), int(folds), int(seed)):
+            fold_splits.append({"training": training, "validation": held_out, "test": held_out})
+    if int(cache_size) > 0:
+        cached = _cache_all(usable, out_dir / f"cache{int(cache_size)}", int(cache_size))
+        splits = {key: [cached[p["image"]] for p in items] for key, items in splits.items()}
+        fold_splits = [{key: [cached[p["image"]] for p in items] for key, items in fs.items()} for fs in fold_splits]
+
+    datalist_path = write_datalist(out_dir / str(datalist), splits, out_dir)
+    _say(f"wrote {datalist_path}: " + ", ".join(f"{key} {len(items)}" for key, items in splits.items()))
+    fold_paths = []
+    for i, fold in enumerate(fold_splits):
+        fold_paths.append(write_datalist(out_dir / f"{Path(str(datalist)).stem}_fold{i}.json", fold, out_dir))
+    if fold_paths:
+        _say(f"wrote {len(fold_paths)} fold datalists: {fold_paths[0].name} ... {fold_paths[-1].name}")
+    return {
+        "layout": layout,
+        "datalist": datalist_path,
+        "counts": {key: len(items) for key, items in splits.items()},
+        "folds": fold_paths,
+        "problems": collected.problems,
+    }
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """Command line: run :func:`prepare_data`, turning expected failures into ``error:`` lines and status 1."""
+    try:
+        fire.Fire(prepare_data, command=list(argv) if argv is not None else None, serialize=lambda _: None)
+    except (ValueError, DownloadError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
