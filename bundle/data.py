@@ -18,12 +18,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from numbers import Integral
 from pathlib import Path
 from typing import Any
+
+from bundle.files import write_text_atomically
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -291,12 +292,7 @@ def write_datalist(
         }
 
     content = {name: [relative(item) for item in items] for name, items in splits.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
-        json.dump(content, tmp, indent=2)
-        tmp.write("\n")
-    os.replace(tmp.name, path)
-    return path
+    return write_text_atomically(path, json.dumps(content, indent=2) + "\n")
 
 
 def split_counts(n: int, sizes: Sequence[float]) -> list[int]:

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bundle.metrics import SegmentationScores, _write_atomically
-from bundle.transforms import _atomic_write, read_photo
+from bundle.files import atomic_write, write_text_atomically
+from bundle.metrics import SegmentationScores
+from bundle.transforms import read_photo
 
 logger = logging.getLogger("rfe_unet.evaluation")
 
@@ -110,7 +111,7 @@ class SegmentationReport:
         if max(picture.size) > self.overlay_size:
             picture.thumbnail((self.overlay_size, self.overlay_size), Image.Resampling.LANCZOS)
         path = self.output_dir / "overlays" / f"{Path(source).stem}_overlay.png"
-        _atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+        atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
     def summary(self) -> dict[str, Any]:
         return {res: scores.summary() for res, scores in self.scores.items() if len(scores)}
@@ -122,10 +123,10 @@ class SegmentationReport:
             return summary
         report = {"noise_std": self.noise_std, "summary": summary}
         report["per_image"] = {res: scores.per_image for res, scores in self.scores.items()}
-        _write_atomically(self.output_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+        write_text_atomically(self.output_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
         for res, scores in self.scores.items():
             scores.to_csv(self.output_dir / f"metrics_{res}.csv")
-        _write_atomically(self.output_dir / "metrics.md", markdown_table(summary, self.title, self.noise_std))
+        write_text_atomically(self.output_dir / "metrics.md", markdown_table(summary, self.title, self.noise_std))
         for res, values in summary.items():
             logger.info(
                 "%s resolution: mIoU %.4f mDice %.4f IoU* %.4f Dice* %.4f TJ %.4f HD95 %.2f px (%d images)",

@@ -22,13 +22,14 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance, get_confusion_matrix
+
+from bundle.files import write_text_atomically
 
 __all__ = ["binary_confusion", "per_image_scores", "SegmentationScores", "PER_IMAGE_COLUMNS"]
 
@@ -124,22 +125,6 @@ def per_image_scores(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch
     return {"iou": iou, "dice": dice, "hd95": _hd95(pred_mask, target_mask), "tp": tp, "fp": fp, "fn": fn, "tn": tn}
 
 
-def _write_atomically(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as tmp:
-            tmp.write(text)
-        os.chmod(tmp_name, 0o644)  # mkstemp's 0o600 would make the report private to its writer
-        os.replace(tmp_name, path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
-    return path
-
-
 class SegmentationScores:
     """
     Accumulate per-image scores over a set of images and summarise them as in the paper's tables.
@@ -206,7 +191,7 @@ class SegmentationScores:
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write ``{"summary": summary(), "per_image": per_image}`` to ``path`` atomically; return the path."""
         text = json.dumps({"summary": self.summary(), "per_image": self.per_image}, indent=2)
-        return _write_atomically(path, text + "\n")
+        return write_text_atomically(path, text + "\n")
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write one row per image and a final ``mean`` row (column means) to ``path`` atomically; return the path."""
@@ -218,5 +203,5 @@ class SegmentationScores:
         writer.writeheader()
         writer.writerows(self.per_image)
         writer.writerow(mean_row)
-        return _write_atomically(path, buffer.getvalue())
+        return write_text_atomically(path, buffer.getvalue())
 

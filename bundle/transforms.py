@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor, PILReader
 from monai.transforms import LoadImage, MapTransform
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from bundle.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -179,19 +180,6 @@ class ResizeToSourced(MapTransform):
         return d
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + "".join(path.suffixes), dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_mask(array_wh: np.ndarray, path: str | os.PathLike, probability: bool = False, png_scale: int = 255) -> Path:
     """Write a (W, H) mask or probability map atomically; the format follows the suffix.
 
@@ -208,7 +196,7 @@ def write_mask(array_wh: np.ndarray, path: str | os.PathLike, probability: bool 
         volume = (array_wh.astype(np.float32) if probability else array_wh.astype(np.uint8))[..., None]
         # NIfTI is RAS; Slicer shows a 2D photo with LPS identity axes, i.e. RAS diag(-1, -1, 1).
         image = nib.Nifti1Image(volume, affine=np.diag([-1.0, -1.0, 1.0, 1.0]))
-        _atomic_write(path, lambda tmp: nib.save(image, tmp))
+        atomic_write(path, lambda tmp: nib.save(image, tmp))
     elif name.endswith(".nrrd"):
         import nrrd
 
@@ -220,12 +208,12 @@ def write_mask(array_wh: np.ndarray, path: str | os.PathLike, probability: bool 
             "kinds": ["domain", "domain", "domain"],
             "encoding": "gzip",
         }
-        _atomic_write(path, lambda tmp: nrrd.write(tmp, volume, header, index_order="F"))
+        atomic_write(path, lambda tmp: nrrd.write(tmp, volume, header, index_order="F"))
     else:
         scaled = np.round(array_wh * 255.0) if probability else array_wh * png_scale
         image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8).T, mode="L")
         fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-        _atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
+        atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
     return path
 
 

@@ -51,6 +51,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python scripts/prepare_data.py`: make `bundle` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.files import atomic_write  # noqa: E402
 from bundle.data import (  # noqa: E402
     DATALIST_NAME,
     DEFAULT_SPLIT_FRACTIONS,
@@ -560,9 +561,7 @@ def _is_fresh(target: Path, source: Path) -> bool:
 
 
 def _save_atomically(image: Image.Image, target: Path, **params: Any) -> None:
-    partial = target.with_name(f".{target.name}.partial")
-    image.save(partial, format="JPEG" if target.suffix == ".jpg" else "PNG", **params)
-    os.replace(partial, target)
+    atomic_write(target, lambda tmp: image.save(tmp, format="JPEG" if target.suffix == ".jpg" else "PNG", **params))
 
 
 def cache_pair(pair: Mapping[str, str], cache_dir: Path, longer_side: int) -> dict[str, str]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from bundle.inference import LesionSegmenter
