@@ -154,3 +154,14 @@ def test_two_process_ddp_training_with_gloo(tmp_path):
     assert (tmp_path / "models" / "model.pt").is_file()
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert state and not any(key.startswith("module.") for key in state)  # DDP wrapper unwrapped on save
+
+
+def test_readme_training_command_on_a_copy_of_the_bundle(tmp_path):
+    """README step 2, as typed, in a copy of the bundle (what a zip recipient has): the paper's default network."""
+    root = tmp_path / "rfe_unet_bundle"
+    for part in ("configs", "sample_data", "bundle"):
+        shutil.copytree(REPO / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+    proc = run_bundle("run", "training", "--config_file", "configs/train.json", "--max_epochs", "1", cwd=root)
+    _ok(proc)
+    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert any("layer3.22" in key for key in state)  # ResNet-101's 23-block third stage: the default backbone
