@@ -1,0 +1,274 @@
+"""scripts/experiments.py: the ablation and cross-validation recipes end to end on the embedded sample (real bundle
+processes), and their tables, reuse, failure reports and input checks."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bundle.data import kfold, load_datalist, write_datalist
+from scripts.experiments import (
+    DEFAULT_LOSSES,
+    Column,
+    _extra_args,
+    _join_extra,
+    ablation,
+    fold_datalists,
+    folds,
+    main,
+    mean_and_sd,
+    results_table,
+)
+
+from .conftest import REPO
+
+SAMPLE = REPO / "sample_data"
+FAST = ("--max_epochs", "1", "--image_size", "64", "--num_workers", "0")
+
+
+def run_experiments(*args: str, cwd: Path = REPO, module: bool = False) -> subprocess.CompletedProcess:
+    """``python scripts/experiments.py <args>`` (or ``python -m scripts.experiments``) in a real process."""
+    entry = ["-m", "scripts.experiments"] if module else [str(REPO / "scripts" / "experiments.py")]
+    return subprocess.run(
+        [sys.executable, *entry, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The cells of the markdown table's body lines (header and rule left out)."""
+    lines = [line for line in stdout.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def percent(value: float, digits: int = 2) -> str:
+    return f"{100 * value:.{digits}f}"
+
+
+def first_train_loss(log: Path) -> float:
+    return float(re.search(r"train_loss: ([0-9.]+)", log.read_text()).group(1))
+
+
+# ------------------------------------------------------------------------------------------------------ ablation
+
+
+@pytest.fixture(scope="module")
+def ablation_run(tmp_path_factory):
+    """The five-loss ablation on the sample, started from a foreign folder with a relative --out."""
+    cwd = tmp_path_factory.mktemp("user_cwd")
+    proc = run_experiments(
+        "ablation", "--dataset_dir", str(SAMPLE), "--out", "ablation", "--backbones", "resnet34",
+        "--losses", ",".join(DEFAULT_LOSSES), *FAST, cwd=cwd,
+    )
+    out = cwd / "ablation"
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, out, json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_ablation_prints_one_table_with_a_row_per_loss(ablation_run):
+    proc, out, results = ablation_run
+    assert proc.stdout.count("| Backbone | Loss |") == 1
+    rows = table_rows(proc.stdout)
+    assert [(row[0], row[1]) for row in rows] == [("resnet34", loss) for loss in DEFAULT_LOSSES]
+    assert (out / "results.md").read_text() == proc.stdout
+    assert [row["name"] for row in results["rows"]] == [f"resnet34_{loss}" for loss in DEFAULT_LOSSES]
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + len(DEFAULT_LOSSES)
+    for row, cells in zip(results["rows"], rows, strict=True):
+        assert row["status"] == "trained" and row["failure"] is None
+        report = json.loads((out / row["name"] / "eval" / "metrics.json").read_text())
+        working, original = report["summary"]["working"], report["summary"]["original"]
+        assert working["n_images"] == 4  # the sample's test split
+        assert cells[2:10] == [
+            percent(working["mIoU"]), percent(working["mDice"]), percent(working["IoU_star"]),
+            percent(working["Dice_star"]), percent(working["thresholded_jaccard"]), f"{working['HD95']:.2f}",
+            percent(original["mIoU"]), percent(original["mDice"]),
+        ]
+        assert row["working_mDice"] == working["mDice"] and 0 <= row["working_mDice"] <= 1
+        assert row["train_seconds"] > 0 and re.fullmatch(r"\d+:\d\d:\d\d", cells[-1])
+        assert (out / row["name"] / "train.log").is_file() and (out / row["name"] / "eval.log").is_file()
+        assert (out / row["name"] / "models" / "model.pt").is_file()
+        assert not list((out / row["name"] / "models").glob("last_checkpoint_*.pt"))
+    # each run really trained with its own loss
+    losses = [first_train_loss(out / row["name"] / "train.log") for row in results["rows"]]
+    assert len(set(losses)) == len(losses)
+
+
+@pytest.mark.slow
+def test_rerunning_the_ablation_reuses_every_run(ablation_run):
+    proc, out, _ = ablation_run
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/*") if p.is_file()}
+    again = run_experiments(
+        "ablation", "--dataset_dir", str(SAMPLE), "--out", str(out), "--backbones", "resnet34",
+        "--losses", ",".join(DEFAULT_LOSSES), *FAST, module=True,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count(": reused") == len(DEFAULT_LOSSES)
+    assert "training (" not in again.stderr and "evaluating" not in again.stderr
+    assert table_rows(again.stdout) == table_rows(proc.stdout)  # training times come from run.json
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*") if p.is_file()} == before
+    assert {row["status"] for row in json.loads((out / "results.json").read_text())["rows"]} == {"reused"}
+
+
+@pytest.mark.slow
+def test_noise_adds_an_evaluation_without_retraining(ablation_run, tmp_path):
+    _, out, _ = ablation_run
+    shutil.copytree(out / "resnet34_adaptexp", tmp_path / "resnet34_adaptexp")
+    proc = run_experiments(
+        "ablation", "--dataset_dir", str(SAMPLE), "--out", str(tmp_path), "--backbones", "resnet34",
+        "--losses", "adaptexp", "--noise_std", "0.5", *FAST,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reusing the finished training" in proc.stderr and "training (" not in proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| Backbone"))
+    assert "mIoU (σ=0.5)" in header and "mDice (σ=0.5)" in header
+    report = json.loads((tmp_path / "resnet34_adaptexp" / "eval_noise0.5" / "metrics.json").read_text())
+    assert report["noise_std"] == 0.5
+    (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert row["noisy_working_mIoU"] == report["summary"]["working"]["mIoU"]
+    assert (tmp_path / "resnet34_adaptexp" / "eval_noise0.5.log").is_file()
+
+
+@pytest.mark.slow
+def test_a_failing_run_is_reported_and_the_others_go_on(ablation_run, tmp_path):
+    _, out, _ = ablation_run
+    shutil.copytree(out / "resnet34_bce", tmp_path / "resnet34_bce", ignore=shutil.ignore_patterns("*.pt"))
+    broken = tmp_path / "resnet34_dice"
+    (broken / "models").mkdir(parents=True)
+    shutil.copy(out / "resnet34_dice" / "run.json", broken / "run.json")  # training recorded as finished
+    (broken / "models" / "model.pt").write_bytes(b"not a checkpoint")
+    proc = run_experiments(
+        "ablation", "--dataset_dir", str(SAMPLE), "--out", str(tmp_path), "--backbones", "resnet34",
+        "--losses", "dice,bce", *FAST,
+    )
+    assert proc.returncode == 1
+    failures = [line for line in proc.stderr.splitlines() if line.startswith("FAILED resnet34_dice")]
+    assert failures and f"log {broken / 'eval.log'}" in failures[0]
+    assert "resnet34_bce: reused" in proc.stderr
+    rows = table_rows(proc.stdout)
+    assert rows[0][:3] == ["resnet34", "dice", "failed"] and rows[1][2] != "failed"
+
+
+@pytest.mark.slow
+def test_a_run_made_with_other_options_is_refused(ablation_run, tmp_path):
+    _, out, _ = ablation_run
+    shutil.copytree(out / "resnet34_bce", tmp_path / "resnet34_bce", ignore=shutil.ignore_patterns("*.pt"))
+    metrics = tmp_path / "resnet34_bce" / "eval" / "metrics.json"
+    stamp = metrics.stat().st_mtime_ns
+    proc = run_experiments(
+        "ablation", "--dataset_dir", str(SAMPLE), "--out", str(tmp_path), "--backbones", "resnet34",
+        "--losses", "bce", "--max_epochs", "2", "--image_size", "64", "--num_workers", "0",
+    )
+    assert proc.returncode == 1
+    assert "max_epochs 1 (now 2)" in proc.stderr and "--force" in proc.stderr
+    assert metrics.stat().st_mtime_ns == stamp and "training (" not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------------- folds
+
+
+@pytest.mark.slow
+def test_folds_give_a_per_fold_table_with_mean_and_sample_sd(tmp_path):
+    items = [item for key in ("training", "validation", "test") for item in load_datalist(SAMPLE, key=key)]
+    for i, (training, held_out) in enumerate(kfold(items, k=3, seed=0)):
+        fold = {"training": training, "validation": held_out, "test": held_out}  # as prepare_data --folds writes
+        write_datalist(tmp_path / f"datalist_fold{i}.json", fold, SAMPLE)
+    out = tmp_path / "folds"
+    proc = run_experiments(
+        "folds", "--dataset_dir", str(SAMPLE), "--datalists", str(tmp_path / "datalist_fold*.json"),
+        "--out", str(out), "--backbone", "resnet34", "--eval_key", "validation", *FAST,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = table_rows(proc.stdout)
+    assert [row[0] for row in rows] == ["datalist_fold0", "datalist_fold1", "datalist_fold2", "Mean ± SD"]
+    assert [row[1] for row in rows[:3]] == ["8", "8", "8"]
+    per_fold = [json.loads((out / f"datalist_fold{i}" / "eval" / "metrics.json").read_text()) for i in range(3)]
+    results = json.loads((out / "results.json").read_text())
+    for column, key in ((2, "mIoU"), (3, "mDice")):
+        values = [report["summary"]["working"][key] for report in per_fold]
+        mean, sd = statistics.mean(values), statistics.stdev(values)
+        assert results["mean"][f"working_{key}"] == pytest.approx(mean)
+        assert results["sd"][f"working_{key}"] == pytest.approx(sd)
+        assert rows[3][column] == f"{percent(mean, 3)} ± {percent(sd, 3)}"
+    assert json.loads((out / "datalist_fold1" / "run.json").read_text())["options"]["eval_key"] == "validation"
+
+
+# ------------------------------------------------------------------------------------------ tables, options, input
+
+
+def test_mean_and_sample_sd_reproduce_table_11():
+    miou = [93.099, 93.118, 93.138, 93.149, 93.162]
+    mdice = [95.724, 96.182, 95.683, 96.215, 96.303]
+    # The paper's St. Dev. row is the sample SD (the population SD would be 0.022 and 0.263); its fold values are
+    # rounded, so the last digit may differ.
+    assert mean_and_sd(miou) == (pytest.approx(93.133, abs=1e-3), pytest.approx(0.025, abs=1e-3))
+    assert mean_and_sd(mdice) == (pytest.approx(96.021, abs=1e-3), pytest.approx(0.293, abs=1e-3))
+    assert mean_and_sd([0.5, float("nan")]) == (0.5, None)
+
+
+def test_results_table_marks_failed_runs_and_adds_the_mean_row():
+    rows = [
+        {"name": "a", "status": "trained", "iou": 0.80, "hd": 3.0, "seconds": 3725},
+        {"name": "b", "status": "trained", "iou": 0.90, "hd": 5.0, "seconds": 10},
+        {"name": "c", "status": "failed", "iou": None, "hd": None, "seconds": None},
+    ]
+    columns = [Column("Run", "name", "text"), Column("IoU", "iou"), Column("HD95", "hd", "pixels"),
+               Column("Time", "seconds", "duration")]
+    lines = results_table(rows, columns, digits=1, mean_row="Mean ± SD").splitlines()
+    assert lines[2] == "| a | 80.0 | 3.0 | 1:02:05 |"
+    assert lines[4] == "| c | failed | failed | n/a |"
+    assert lines[5] == f"| Mean ± SD | 85.0 ± {100 * math.sqrt(0.005):.1f} | 4.0 ± {math.sqrt(2):.1f} |  |"
+
+
+def test_fold_datalists_are_sorted_naturally_and_checked(tmp_path):
+    for i in (0, 2, 10):
+        (tmp_path / f"datalist_fold{i}.json").write_text("{}")
+    names = [p.name for p in fold_datalists(str(tmp_path / "datalist_fold*.json"))]
+    assert names == ["datalist_fold0.json", "datalist_fold2.json", "datalist_fold10.json"]
+    with pytest.raises(ValueError, match="no fold datalist file matches"):
+        fold_datalists(str(tmp_path / "missing_*.json"))
+    with pytest.raises(ValueError, match="at least 2"):
+        fold_datalists(str(tmp_path / "datalist_fold10.json"))
+
+
+def test_extra_overrides_are_split_and_may_not_replace_recipe_options():
+    assert _extra_args("--learning_rate 0.001 --poly_power 1.0") == ("--learning_rate", "0.001", "--poly_power", "1.0")
+    with pytest.raises(ValueError, match="--loss"):
+        _extra_args("--loss dice")
+    assert _join_extra(["ablation", "--extra", "--learning_rate 0.01", "--force"]) == [
+        "ablation", "--extra=--learning_rate 0.01", "--force",
+    ]
+
+
+def test_recipe_defaults_are_the_training_config_defaults():
+    config = json.loads((REPO / "configs" / "train.json").read_text())
+    for recipe in (ablation, folds):
+        defaults = {name: p.default for name, p in inspect.signature(recipe).parameters.items()}
+        for key in ("max_epochs", "image_size", "batch_size", "num_workers", "seed"):
+            assert defaults[key] == config[key], (recipe.__name__, key)
+    assert inspect.signature(folds).parameters["loss"].default == config["loss"]
+    assert inspect.signature(folds).parameters["backbone"].default == config["backbone"]
+
+
+def test_bad_input_is_one_error_line_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["ablation", "--dataset_dir", str(SAMPLE), "--losses", "bce,hinge", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown loss 'hinge'; choose from ") and err.count("\n") == 1
+    assert main(["ablation", "--dataset_dir", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
+    assert f"dataset_dir {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
+    assert main(["ablation", "--dataset_dir", str(SAMPLE), "--datalist", "missing.json", "--out", str(out)]) == 1
+    assert f"datalist file {SAMPLE / 'missing.json'} does not exist" in capsys.readouterr().err
+    assert main(["ablation", "--dataset_dir", str(SAMPLE), "--image_size", "100", "--out", str(out)]) == 1
+    assert "multiple of 32" in capsys.readouterr().err
+    assert not out.exists()
