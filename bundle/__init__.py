@@ -7,7 +7,7 @@ start without importing torch.
 
 import importlib
 
-_SUBMODULES = ("data", "evaluation", "inference", "losses", "metrics", "networks", "transforms")
+_SUBMODULES = ("config", "data", "evaluation", "inference", "losses", "metrics", "networks", "transforms")
 
 
 def __getattr__(name: str):

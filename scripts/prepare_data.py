@@ -88,6 +88,7 @@ PH2_FOLDER = "PH2 Dataset images"
 PAPER_SPLITS = {"isic2018": (1815, 259, 520), "isic2017": (1400, 150, 600), "ph2": (140, 20, 40)}
 # ISIC 2016 is not in the paper: its official test set stays the test set, and 10% of its training set validates.
 ISIC2016_VALIDATION_FRACTION = 0.1
+FOLD_VALIDATION_SIZES = (0.875, 0.125)  # training / validation share of the folds that are not held out
 SEARCH_DEPTH = 3  # how deep under each source the dataset's folders are looked for
 CACHE_JPEG_QUALITY = 95
 
@@ -699,8 +700,10 @@ def prepare_data(
     splits = make_splits(collected, int(seed))
     fold_splits = []
     if int(folds) >= 2:
-        for training, held_out in kfold(sorted(usable, key=lambda p: p["image"]), int(folds), int(seed)):
-            fold_splits.append({"training": training, "validation": held_out, "test": held_out})
+        for rest, held_out in kfold(sorted(usable, key=lambda p: p["image"]), int(folds), int(seed)):
+            # The held-out fold is only tested on; the checkpoint is chosen on 1/8 of the rest (PH2: 140/20/40).
+            inner = split_items(rest, FOLD_VALIDATION_SIZES, int(seed), keys=("training", "validation"))
+            fold_splits.append({**inner, "test": held_out})
     if int(cache_size) > 0:
         cached = _cache_all(usable, out_dir / f"cache{int(cache_size)}", int(cache_size))
         splits = {key: [cached[p["image"]] for p in items] for key, items in splits.items()}

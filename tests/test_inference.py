@@ -200,3 +200,28 @@ def test_bundle_inference_on_real_photographs(tmp_path, isic_val):
         assert set(np.unique(np.asarray(mask))) <= {0, 255}
         assert Image.open(out / f"{source.stem}_prob.png").size == size
     assert size == (4288, 2848)
+
+
+@pytest.mark.parametrize("typed, expected", [("false", False), ("False", False), ("0", False), ("true", True), (True, True), (False, False)])
+def test_yes_no_overrides_as_typed_on_the_command_line(typed, expected):
+    from bundle.config import flag
+
+    assert flag(typed) is expected
+
+
+def test_yes_no_override_rejects_other_words():
+    from bundle.config import flag
+
+    with pytest.raises(ValueError, match="resume: 'maybe' is not a yes/no value"):
+        flag("maybe", "resume")
+
+
+def test_save_probabilities_false_as_typed_writes_no_probability_map(tmp_path):
+    photo = asymmetric_photo()
+    Image.fromarray(photo).save(tmp_path / "asym.png")
+    overrides = {"network_def": {"_target_": "tests.nets.RedIsLesion"}, "ckpt_path": "", "image_size": 64}
+    for typed, expect_prob in (("false", False), ("true", True)):
+        out = tmp_path / typed
+        segmenter = LesionSegmenter(bundle_root=REPO, overrides={**overrides, "output_dir": str(out), "save_probabilities": typed})
+        segmenter.segment(tmp_path / "asym.png")
+        assert (out / "asym_prob.png").exists() is expect_prob

@@ -191,10 +191,9 @@ def test_ph2_five_folds_partition_200_cases(tmp_path):
     assert [p.name for p in summary["folds"]] == [f"datalist_fold{i}.json" for i in range(5)]
     held_out = []
     for i in range(5):
-        counts = {"training": 160, "validation": 40, "test": 40}
-        fold = check_datalist(tmp_path / "out", counts, f"datalist_fold{i}.json", disjoint=("training", "validation"))
-        assert fold["validation"] == fold["test"]
-        held_out += [item["image"] for item in fold["validation"]]
+        counts = {"training": 140, "validation": 20, "test": 40}
+        fold = check_datalist(tmp_path / "out", counts, f"datalist_fold{i}.json")  # all three splits disjoint
+        held_out += [item["image"] for item in fold["test"]]
     assert len(held_out) == len(set(held_out)) == 200
 
 
