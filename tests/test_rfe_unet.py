@@ -208,3 +208,52 @@ def test_onnx_export_with_dynamic_size(tmp_path):
         expected = model(x).numpy()
     (logits,) = ort.InferenceSession(str(path)).run(None, {"image": x.numpy()})
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def torchvision_resnet101_shapes() -> dict[str, tuple[int, ...]]:
+    """Key → shape of torchvision's ``resnet101().state_dict()``, written from its architecture (not from our code).
+
+    Stem conv1/bn1; layer1..4 with [3, 4, 23, 3] bottlenecks of width 64·2^i (conv1 1×1, conv2 3×3, conv3 1×1 to
+    4·width, each followed by bn1..bn3), a downsample (1×1 conv + BN) in each stage's first block; fc 2048 → 1000.
+    """
+    shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7)}
+
+    def batch_norm(prefix: str, channels: int) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{name}"] = (channels,)
+        shapes[f"{prefix}.num_batches_tracked"] = ()
+
+    batch_norm("bn1", 64)
+    inplanes = 64
+    for stage, blocks in enumerate([3, 4, 23, 3], start=1):
+        width = 64 * 2 ** (stage - 1)
+        for block in range(blocks):
+            prefix = f"layer{stage}.{block}"
+            shapes[f"{prefix}.conv1.weight"] = (width, inplanes, 1, 1)
+            batch_norm(f"{prefix}.bn1", width)
+            shapes[f"{prefix}.conv2.weight"] = (width, width, 3, 3)
+            batch_norm(f"{prefix}.bn2", width)
+            shapes[f"{prefix}.conv3.weight"] = (4 * width, width, 1, 1)
+            batch_norm(f"{prefix}.bn3", 4 * width)
+            if block == 0:
+                shapes[f"{prefix}.downsample.0.weight"] = (4 * width, inplanes, 1, 1)
+                batch_norm(f"{prefix}.downsample.1", 4 * width)
+            inplanes = 4 * width
+    shapes["fc.weight"], shapes["fc.bias"] = (1000, 2048), (1000,)
+    return shapes
+
+
+def test_loads_a_torchvision_resnet101_state_dict(tmp_path):
+    """Done-when of issue 2: a torchvision-layout ResNet-101 file loads and the encoder holds exactly its tensors."""
+    generator = torch.Generator().manual_seed(101)
+    state = {
+        key: torch.tensor(7) if not shape else torch.randn(shape, generator=generator)
+        for key, shape in torchvision_resnet101_shapes().items()
+    }
+    assert len(state) == 626  # torchvision's resnet101 state_dict has 626 entries
+    path = tmp_path / "resnet101-torchvision.pth"
+    torch.save(state, path)
+    loaded = RFEUNet("resnet101", pretrained_weights=path).encoder.state_dict()
+    assert set(loaded) == set(state) - {"fc.weight", "fc.bias"}
+    for key, value in loaded.items():
+        assert torch.equal(value, state[key]), key
