@@ -21,6 +21,7 @@ from monai.data import MetaTensor, PILReader
 from monai.transforms import LoadImage, MapTransform
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bundle.data import file_stem
 from bundle.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -127,11 +128,11 @@ class LesionMaskd(MapTransform):
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = lesion_mask(d[key], name=str(d.get(f"{key}_path", key)))
+            d[key] = lesion_mask(d[key])
         return d
 
 
-def lesion_mask(mask, name: str = "mask") -> MetaTensor:
+def lesion_mask(mask) -> MetaTensor:
     """See :class:`LesionMaskd`; ``mask`` as loaded by ``LoadImage`` (no channel axis)."""
     meta = dict(mask.meta) if isinstance(mask, MetaTensor) else {}
     array = torch.as_tensor(np.asarray(mask), dtype=torch.float32)
@@ -140,7 +141,7 @@ def lesion_mask(mask, name: str = "mask") -> MetaTensor:
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         array = array[..., :3].amax(dim=-1)
     if array.ndim != 2:
-        raise ValueError(f"{meta.get('filename_or_obj', name)}: mask of shape {tuple(mask.shape)} is not 2D")
+        raise ValueError(f"{meta.get('filename_or_obj', 'mask')}: mask of shape {tuple(mask.shape)} is not 2D")
     peak = float(array.max()) if array.numel() else 0.0
     binary = (array > peak / 2).float() if peak > 0 else torch.zeros_like(array)
     kept = {k: v for k, v in meta.items() if k in ("filename_or_obj", "spatial_shape")}
@@ -239,20 +240,15 @@ class SaveMaskd(MapTransform):
         self.suffix = suffix
         self.probability_key = probability_key
 
-    def _stem(self, data, key) -> str:
-        value = data[key]
+    @staticmethod
+    def _stem(value) -> str:
         source = value.meta.get("filename_or_obj") if isinstance(value, MetaTensor) else None
-        source = source or data.get("image_path") or "prediction"
-        name = Path(str(source)).name
-        for ext in (".nii.gz", *(f".{s}" for s in PHOTO_SUFFIXES), ".nii", ".nrrd"):
-            if name.lower().endswith(ext):
-                return name[: -len(ext)]
-        return Path(name).stem
+        return file_stem(str(source)) if source else "prediction"
 
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
-            stem = self._stem(d, key)
+            stem = self._stem(d[key])
             label = np.asarray(torch.as_tensor(d[key]).detach().cpu()).astype(np.uint8)
             d[f"{key}_path"] = str(write_mask(label, self.output_dir / f"{stem}{self.suffix}{self.output_ext}"))
             if self.probability_key and self.probability_key in d:
