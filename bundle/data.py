@@ -412,3 +412,21 @@ def worker_init(worker_id: int) -> None:
 
     torch.set_num_threads(1)
     worker_init_fn(worker_id)
+
+
+def original_files(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The items with ``image``/``label`` pointing at the original-resolution files behind a resized cache.
+
+    ``prepare_data.py --cache_size`` lists the cached copy under ``image``/``label`` and the original under
+    ``image_orig``/``label_orig``; evaluation at the original resolution wants the latter. Items without a cache are
+    returned unchanged (as copies).
+    """
+    result = []
+    for item in items:
+        item = dict(item)
+        for key in ("image", "label"):
+            original = item.pop(f"{key}_orig", None)
+            if original:
+                item[key] = original
+        result.append(item)
+    return result

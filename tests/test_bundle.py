@@ -61,9 +61,21 @@ def test_training_resumes_from_the_last_checkpoint(trained_root, tmp_path):
 
 def test_evaluation_on_real_photographs_reports_both_resolutions(trained_root, isic_val, tmp_path):
     datalist = tmp_path / "datalist.json"
+    # the big photo as prepare_data.py --cache_size lists it: a resized copy, and the original behind it
+    from PIL import Image
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name, resample in (("ISIC_0012288.jpg", Image.Resampling.BILINEAR), ("ISIC_0012288_mask.png", Image.Resampling.NEAREST)):
+        Image.open(isic_val / "full_resolution" / name).resize((512, 340), resample).save(cache / name)
     pairs = [
         {"image": "images/ISIC_0001769.jpg", "label": "masks/ISIC_0001769.png"},
-        {"image": "full_resolution/ISIC_0012288.jpg", "label": "full_resolution/ISIC_0012288_mask.png"},
+        {
+            "image": str(cache / "ISIC_0012288.jpg"),
+            "label": str(cache / "ISIC_0012288_mask.png"),
+            "image_orig": "full_resolution/ISIC_0012288.jpg",
+            "label_orig": "full_resolution/ISIC_0012288_mask.png",
+        },
     ]
     datalist.write_text(json.dumps({"training": pairs, "validation": pairs, "test": pairs}))
     proc = run_bundle(

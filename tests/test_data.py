@@ -288,3 +288,12 @@ def test_kfold_partitions_every_item_once():
         kfold(items, 1)
     with pytest.raises(ValueError, match="cannot make 5 folds from 3 items"):
         kfold(items[:3], 5)
+
+
+def test_original_files_point_evaluation_at_the_uncached_photos():
+    from bundle.data import original_files
+
+    cached = {"image": "/c/a.jpg", "label": "/c/a.png", "image_orig": "/o/a.jpg", "label_orig": "/o/a_seg.png", "id": 7}
+    plain = {"image": "/o/b.jpg", "label": "/o/b.png"}
+    assert original_files([cached, plain]) == [{"image": "/o/a.jpg", "label": "/o/a_seg.png", "id": 7}, plain]
+    assert cached["image"] == "/c/a.jpg"  # the input is not modified
