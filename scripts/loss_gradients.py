@@ -4,7 +4,8 @@
 
 For one image whose lesion covers ``lesion_share`` of the pixels, the table gives |dL/dz| for a lesion pixel,
 where z = z1 - z0 is the logit difference of the 2-channel output (so p = sigmoid(z)), per pixel, with the
-loss's own per-image weighting: the gradient the optimiser sees from that pixel.
+loss's own per-image weighting: the gradient the optimiser sees from that pixel. Dice is left out by default: it is
+a set-level loss with no per-pixel scale to compare.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ def lesion_pixel_gradient(name: str, p: float, lesion_share: float, size: int = 
     return abs(z.grad.view(-1)[0].item())
 
 
-def main(lesion_share: float = 0.05, losses: str = "bce,exp,adaptexp,focal") -> None:
-    names = [n.strip() for n in losses.split(",") if n.strip()]
+def main(lesion_share: float = 0.05, losses: str | tuple[str, ...] = "bce,focal,exp,adaptexp") -> None:
+    # fire turns "a,b" into a tuple; a single name stays a string
+    names = [n.strip() for n in (losses.split(",") if isinstance(losses, str) else losses) if n.strip()]
     lines = ["| p (lesion pixel) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for p in PROBABILITIES:
         cells = [f"{lesion_pixel_gradient(n, p, lesion_share):.4g}" for n in names]
