@@ -612,7 +612,7 @@ def folds(
     Args:
         dataset_dir: the data root the fold datalists' paths start from.
         datalists: the fold datalist files, e.g. ``"D/datalist_fold*.json"`` (as ``scripts/prepare_data.py
-            --folds 5`` writes them: the held-out fold is both ``validation`` and ``test``).
+            --folds 5`` writes them: the held-out fold is ``test``, the checkpoint is chosen on ``validation``).
         out: the experiment folder.
         loss, backbone: the configuration (default: the paper's).
         eval_key: the split each fold is evaluated on.
