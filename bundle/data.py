@@ -50,8 +50,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-# ".nii.gz", ".nii" and ".nrrd" hold labels saved by 3D Slicer's Segment Editor.
-MASK_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".nii.gz", ".nii", ".nrrd")
+# ".nii.gz", ".nii", ".nrrd", ".mha" and ".mhd" hold labels saved by 3D Slicer (read by nibabel, pynrrd, ITK).
+MASK_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 # A mask belongs to an image when its stem is the image's stem plus one of these (compared case-insensitively):
 # "" for images/ + masks/ with equal names, "_segmentation" for ISIC 2016-2018, "_lesion" for PH2.
 MASK_SUFFIXES = ("", "_segmentation", "_mask", "_lesion")

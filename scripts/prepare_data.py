@@ -458,7 +458,7 @@ def collect_pairs(layout: str, index: Mapping[str, list[Path]]) -> Collected:
 
 def image_size(path: str) -> tuple[int, int] | None:
     """
-    Decode ``path`` fully and return its (width, height); None for NIfTI/NRRD labels (read, not sized).
+    Decode ``path`` fully and return its (width, height); None for NIfTI/NRRD/MetaImage labels (read, not sized).
 
     JPEGs decode at a reduced scale (``draft``), which still reads every byte, so truncation is caught.
 
@@ -477,6 +477,11 @@ def image_size(path: str) -> tuple[int, int] | None:
             import nrrd
 
             nrrd.read(path)
+            return None
+        if has_extension(path, (".mha", ".mhd")):
+            import itk
+
+            itk.imread(str(path))
             return None
         with Image.open(path) as image:
             size = image.size

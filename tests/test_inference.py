@@ -225,3 +225,17 @@ def test_save_probabilities_false_as_typed_writes_no_probability_map(tmp_path):
         segmenter = LesionSegmenter(bundle_root=REPO, overrides={**overrides, "output_dir": str(out), "save_probabilities": typed})
         segmenter.segment(tmp_path / "asym.png")
         assert (out / "asym_prob.png").exists() is expect_prob
+
+
+def test_metaimage_labelmap_from_slicer_is_read_by_itk(tmp_path):
+    """Slicer can also save a labelmap as MetaImage (.mha); MONAI reads it with ITK as (W, H, 1)."""
+    import itk
+
+    mask_wh = np.zeros((40, 24), np.uint8)
+    mask_wh[5:15, 2:20] = 1
+    itk.imwrite(itk.image_from_array(np.ascontiguousarray(mask_wh.T[None])), str(tmp_path / "label.mha"))
+    loader = LoadImaged("label", image_only=True)
+    raw = loader({"label": str(tmp_path / "label.mha")})["label"]
+    assert tuple(raw.shape) == (40, 24, 1)
+    loaded = LesionMaskd("label")({"label": raw})["label"]
+    np.testing.assert_array_equal(loaded[0].numpy(), mask_wh)
