@@ -39,7 +39,7 @@ def overlay(photo_rgb: np.ndarray, pred_hw: np.ndarray, truth_hw: np.ndarray, al
 
 
 def _as_hw(mask: Any) -> np.ndarray:
-    """(1, W, H) or (W, H) tensor in MONAI's index order → (H, W) uint8 array in numpy's."""
+    """(1, W, H) or (W, H) 0/1 tensor in MONAI's index order → (H, W) uint8 array in numpy's."""
     array = np.asarray(torch.as_tensor(mask).detach().cpu())
     if array.ndim == 3:
         array = array[0]
@@ -49,8 +49,9 @@ def _as_hw(mask: Any) -> np.ndarray:
 class SegmentationReport:
     """Score every evaluated photograph twice and write the report when the evaluator completes.
 
-    Reads from each decollated output item: ``pred``/``label`` at the working resolution and
-    ``pred_orig``/``label_orig`` at the photograph's own size, all binary, (1, W, H).
+    Reads from each decollated output item: ``pred_work``/``label`` at the working resolution, (1, w, h), and
+    ``pred`` (W, H) / ``label_orig`` (1, W, H) at the photograph's own size — ``pred`` as ``configs/inference.json``'s
+    post-processing leaves it, so evaluation scores exactly what inference writes.
 
     Args:
         output_dir: where ``metrics.json``, ``metrics_<res>.csv``, ``metrics.md`` and ``overlays/`` go.
@@ -96,10 +97,10 @@ class SegmentationReport:
             self.add({**batch_item, **output_item})
 
     def add(self, item: dict) -> None:
-        source = str(item["pred_orig"].meta.get("filename_or_obj", "")) if hasattr(item["pred_orig"], "meta") else ""
+        source = str(item["pred"].meta.get("filename_or_obj", "")) if hasattr(item["pred"], "meta") else ""
         name = Path(source).name or str(len(self.scores["original"]))
-        self.scores["working"].add(_as_hw(item["pred"]), _as_hw(item["label"]), name=name)
-        pred, truth = _as_hw(item["pred_orig"]), _as_hw(item["label_orig"])
+        self.scores["working"].add(_as_hw(item["pred_work"]), _as_hw(item["label"]), name=name)
+        pred, truth = _as_hw(item["pred"]), _as_hw(item["label_orig"])
         row = self.scores["original"].add(pred, truth, name=name)
         logger.info("%s: IoU %.4f Dice %.4f (original size %dx%d)", name, row["iou"], row["dice"], pred.shape[1], pred.shape[0])
         if self.save_overlays and source:

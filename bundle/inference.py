@@ -1,8 +1,8 @@
 """One way to run the bundle: the pre- and post-processing of ``configs/inference.json`` around a loaded network.
 
 ``SegmentationRunner`` is what ``configs/inference.json`` builds as its ``runner``; ``LesionSegmenter`` parses that
-file from Python (the Slicer worker, MONAI Label, the benchmark and the tests use it) so there is exactly one
-definition of the pipeline. Unreadable inputs are reported one line each and skipped; the others still get masks.
+file from Python (the tests use it; a Slicer worker, a MONAI Label app or a benchmark should too) so there is exactly
+one definition of the pipeline. Unreadable inputs are reported one line each and skipped; the others still get masks.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 import queue
+import threading
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
