@@ -177,3 +177,13 @@ def test_readme_training_command_on_a_copy_of_the_bundle(tmp_path):
     _ok(proc)
     state = torch.load(root / "models" / "model.pt", weights_only=True)
     assert any("layer3.22" in key for key in state)  # ResNet-101's 23-block third stage: the default backbone
+
+
+@pytest.mark.parametrize("typed, has_rfe", [("false", False), (True, True)])
+def test_rfe_switch_reaches_the_network(typed, has_rfe):
+    """`--rfe false` gives Table 9's baseline (plain skips) in training and inference alike."""
+    for files in (["train.json"], ["inference.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(REPO / "configs" / name) for name in files])
+        parser.update({"rfe": typed, "backbone": "resnet34"})
+        assert (len(parser.get_parsed_content("network_def").rfe) == 4) is has_rfe, files

@@ -257,3 +257,19 @@ def test_loads_a_torchvision_resnet101_state_dict(tmp_path):
     assert set(loaded) == set(state) - {"fc.weight", "fc.bias"}
     for key, value in loaded.items():
         assert torch.equal(value, state[key]), key
+
+
+def test_baseline_without_rfe_keeps_the_decoder():
+    """rfe=False: Table 9's "Base Line" (plain encoder skips), same decoder, fewer parameters, scriptable."""
+    torch.manual_seed(0)
+    full, plain = RFEUNet("resnet34"), RFEUNet("resnet34", rfe=False)
+    assert len(plain.rfe) == 0
+    full_keys = {k for k in full.state_dict() if not k.startswith("rfe.")}
+    assert set(plain.state_dict()) == full_keys
+    x = torch.randn(1, 3, 64, 96)
+    plain.eval()
+    with torch.no_grad():
+        eager = plain(x)
+        scripted = torch.jit.script(plain)(x)
+    assert eager.shape == (1, 2, 64, 96)
+    torch.testing.assert_close(scripted, eager)

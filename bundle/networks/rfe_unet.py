@@ -125,6 +125,8 @@ class RFEUNet(nn.Module):
         c2f_n: Bottlenecks in each RFE's C2f.
         c2f_shortcut: residual connections in those Bottlenecks (off, as in YOLOv8's neck).
         pool_kernel: max-pool kernel of the RFEs' SPPFs (5, as in YOLOv8).
+        rfe: with False the skips are the plain encoder features :math:`e_i` (a ResNet U-Net): the paper's
+            "Base Line" of Table 9, for the ablation. The decoder is unchanged.
 
     Input: ``(B, in_channels, H, W)`` with H and W multiples of 32 (the encoder halves the resolution five
     times and the decoder doubles it back); output: ``(B, out_channels, H, W)`` logits.
@@ -144,6 +146,7 @@ class RFEUNet(nn.Module):
         c2f_n: int = 1,
         c2f_shortcut: bool = False,
         pool_kernel: int = 5,
+        rfe: bool = True,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -163,8 +166,9 @@ class RFEUNet(nn.Module):
         )
         expansion = 4 if block == "bottleneck" else 1
         widths = [STEM_CHANNELS] + [planes * expansion for planes in STAGE_PLANES]
+        self.use_rfe = bool(rfe)
         self.rfe = nn.ModuleList(
-            RFE(widths[i], widths[i + 1], widths[i], c2f_n, c2f_shortcut, pool_kernel) for i in range(4)
+            RFE(widths[i], widths[i + 1], widths[i], c2f_n, c2f_shortcut, pool_kernel) for i in range(4 if rfe else 0)
         )
         # deepest stage first: decoder[j] produces d_{3-j}
         self.decoder = nn.ModuleList(DecoderStage(widths[i + 1], widths[i], widths[i]) for i in (3, 2, 1, 0))
@@ -191,9 +195,11 @@ class RFEUNet(nn.Module):
         features.append(encoder.layer2(features[-1]))
         features.append(encoder.layer3(features[-1]))
         features.append(encoder.layer4(features[-1]))
-        skips: list[torch.Tensor] = []
-        for i, rfe in enumerate(self.rfe):
-            skips.append(rfe(features[i], features[i + 1]))
+        skips: list[torch.Tensor] = features[:4]
+        if self.use_rfe:
+            skips = []
+            for i, rfe in enumerate(self.rfe):
+                skips.append(rfe(features[i], features[i + 1]))
         y = features[-1]
         for j, stage in enumerate(self.decoder):
             y = stage(y, skips[3 - j])
