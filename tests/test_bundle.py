@@ -57,6 +57,11 @@ def test_training_resumes_from_the_last_checkpoint(trained_root, tmp_path):
     log = proc.stdout + proc.stderr
     assert "Epoch: 2/2" in log and "Epoch: 1/2" not in log  # epoch 1 was not trained again
     assert (root / "models" / "last_checkpoint_epoch=2.pt").is_file()
+    # the best validation score survives the resume, so model.pt is only replaced by a better epoch
+    stored = torch.load(trained_root / "models" / "last_checkpoint_epoch=1.pt", weights_only=True)["validator"]
+    assert stored["best_metric_epoch"] == 1
+    best_after = [float(line.split("best value: ")[1].split()[0]) for line in log.splitlines() if "best value: " in line]
+    assert best_after and best_after[-1] >= stored["best_metric"]
 
 
 def test_evaluation_on_real_photographs_reports_both_resolutions(trained_root, isic_val, tmp_path):
