@@ -20,7 +20,7 @@ import torch
 
 logger = logging.getLogger("rfe_unet.inference")
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_weights(
@@ -198,7 +198,7 @@ class LesionSegmenter:
     ) -> None:
         from monai.bundle import ConfigParser
 
-        root = Path(bundle_root) if bundle_root else CONFIG_DIR.parent
+        root = Path(bundle_root) if bundle_root else BUNDLE_ROOT
         self.parser = ConfigParser()
         self.parser.read_config(str(config_file or root / "configs" / "inference.json"))
         self.parser.update({"bundle_root": str(root), **(overrides or {})})

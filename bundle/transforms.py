@@ -21,12 +21,11 @@ from monai.data import MetaTensor, PILReader
 from monai.transforms import LoadImage, MapTransform
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bundle.data import file_stem
+from bundle.data import IMAGE_EXTENSIONS, file_stem, has_extension
 from bundle.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
-PHOTO_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "gif", "webp", "jfif")
 
 
 class UnreadableImageError(ValueError):
@@ -57,7 +56,7 @@ def to_display_rgb(img: Image.Image) -> Image.Image:
 
 
 class PhotoReader(PILReader):
-    """MONAI image reader for photographs: any PIL-readable file, converted by :func:`to_display_rgb`.
+    """MONAI image reader for photographs (``bundle.data.IMAGE_EXTENSIONS``), converted by :func:`to_display_rgb`.
 
     Unlike ``PILReader`` it decodes the whole file inside ``read`` so that truncated or corrupt files fail
     here, with an :class:`UnreadableImageError` naming the file, instead of later inside a transform chain.
@@ -68,7 +67,7 @@ class PhotoReader(PILReader):
 
     def verify_suffix(self, filename) -> bool:
         names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
-        return all(str(n).lower().rsplit(".", 1)[-1] in PHOTO_SUFFIXES for n in names)
+        return all(has_extension(n, IMAGE_EXTENSIONS) for n in names)
 
     def read(self, data, **kwargs):
         names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
