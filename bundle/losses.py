@@ -1,6 +1,8 @@
-"""Losses for lesion segmentation: the paper's Adapt Exp loss, its unweighted Exp baseline, and a factory.
+"""Losses for lesion segmentation: the paper's Adapt Exp loss, its unweighted Exp baseline, Adapt Log (the same
+per-image class weights on logarithmic terms, so confidently wrong pixels keep their gradient), and a factory.
 
-The factory :func:`make_loss` also builds the MONAI losses of the paper's ablation (Tables 7-8): BCE, Dice and Focal.
+The factory :func:`make_loss` also builds the MONAI losses of the paper's ablation (Tables 7-8): BCE, Dice and Focal,
+and MONAI's Dice + cross-entropy.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["ExpLoss", "AdaptExpLoss", "make_loss", "LOSS_NAMES"]
+__all__ = ["ExpLoss", "AdaptExpLoss", "AdaptLogLoss", "make_loss", "LOSS_NAMES"]
 
 
 class ExpLoss(_Loss):
     """
     Probabilistic exponential loss for binary segmentation, the "EXP" baseline of
-    Hassan et al., "A Novel Hybrid Deep Learning Model with Receptive Field-Enhanced Skip Connections and Adaptive
+    Zarrin & Nikkhah, "A Novel Hybrid Deep Learning Model with Receptive Field-Enhanced Skip Connections and Adaptive
     Loss for Medical Image Segmentation" (Tables 8-9), from the authors' earlier ExpUNET:
 
     .. math::
@@ -57,6 +59,15 @@ class ExpLoss(_Loss):
         """Return :math:`(\\lambda_1, \\lambda_2)`, the lesion and background weights, broadcastable to ``target``."""
         return 1.0, 1.0
 
+    def lesion_probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """:math:`p`, shape (B, 1, spatial...): softmax channel 1, or the sigmoid of the single channel."""
+        return torch.softmax(logits, dim=1)[:, 1:2] if self.softmax else torch.sigmoid(logits)
+
+    def pixel_terms(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-pixel cost of a lesion pixel and of a background pixel: :math:`e^{-p}` and :math:`e^{-(1-p)}`."""
+        p = self.lesion_probability(logits)
+        return torch.exp(-p), torch.exp(p - 1.0)
+
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """
         Args:
@@ -88,12 +99,9 @@ class ExpLoss(_Loss):
         compute_dtype = torch.promote_types(input.dtype, torch.float32)
         logits = input.to(compute_dtype)
         y = target.detach().to(compute_dtype)
-        if self.softmax:
-            p = torch.softmax(logits, dim=1)[:, 1:2]
-        else:
-            p = torch.sigmoid(logits)
+        lesion_term, background_term = self.pixel_terms(logits)
         lambda_lesion, lambda_background = self.class_weights(y)
-        loss = lambda_lesion * y * torch.exp(-p) + lambda_background * (1.0 - y) * torch.exp(p - 1.0)
+        loss = lambda_lesion * y * lesion_term + lambda_background * (1.0 - y) * background_term
 
         if self.reduction == LossReduction.MEAN.value:
             return loss.mean()
@@ -104,7 +112,7 @@ class ExpLoss(_Loss):
 
 class AdaptExpLoss(ExpLoss):
     """
-    Adapt Exp loss of Hassan et al., "A Novel Hybrid Deep Learning Model with Receptive Field-Enhanced Skip
+    Adapt Exp loss of Zarrin & Nikkhah, "A Novel Hybrid Deep Learning Model with Receptive Field-Enhanced Skip
     Connections and Adaptive Loss for Medical Image Segmentation", section 3.3, eq. (1)-(3). For each image,
 
     .. math::
@@ -158,11 +166,36 @@ class AdaptExpLoss(ExpLoss):
             return 1.0 / (k + self.eps), 1.0 / (1.0 - k + self.eps)
 
 
+class AdaptLogLoss(AdaptExpLoss):
+    """
+    Adapt Log: the Adapt Exp loss's per-image class weights (eq. 2) on logarithmic instead of exponential terms,
+
+    .. math::
+        L = \\lambda_1 \\, y \\, (-\\log p) + \\lambda_2 \\, (1 - y) \\, (-\\log (1 - p)),
+
+    i.e. cross-entropy with each image's two classes weighted to count equally (averaged over an image's pixels it is
+    the sum of the per-class mean cross-entropies). Not in the paper: it keeps Adapt Exp's per-image balance but not
+    its weakness. Through the softmax, :math:`\\partial e^{-p} / \\partial z = -e^{-p} p (1 - p)` vanishes for a
+    confidently wrong lesion pixel (:math:`p \\to 0`), whereas :math:`\\partial (-\\log p) / \\partial z = -(1 - p)`
+    pushes hardest exactly there. The log terms are computed with ``log_softmax`` / ``logsigmoid``, so they stay
+    finite for any logits. A perfect prediction scores 0.
+    """
+
+    def pixel_terms(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:math:`-\\log p` and :math:`-\\log(1 - p)` per pixel, from the logits."""
+        if self.softmax:
+            log_probabilities = torch.log_softmax(logits, dim=1)
+            return -log_probabilities[:, 1:2], -log_probabilities[:, 0:1]
+        return -torch.nn.functional.logsigmoid(logits), -torch.nn.functional.logsigmoid(-logits)
+
+
 _FACTORIES: dict[str, Callable[..., _Loss]] = {
     "adaptexp": AdaptExpLoss,
+    "adaptlog": AdaptLogLoss,
     "exp": ExpLoss,
     "bce": partial(DiceCELoss, to_onehot_y=True, softmax=True, lambda_dice=0.0),
     "dice": partial(DiceLoss, to_onehot_y=True, softmax=True),
+    "dicece": partial(DiceCELoss, to_onehot_y=True, softmax=True),
     "focal": partial(FocalLoss, to_onehot_y=True, use_softmax=True),
 }
 LOSS_NAMES = tuple(_FACTORIES)
@@ -174,11 +207,13 @@ def make_loss(name: str, **kwargs: Any) -> _Loss:
     (B, 2, H, W) and a 0/1 lesion mask (B, 1, H, W):
 
     - ``"adaptexp"``: :class:`AdaptExpLoss`, the paper's loss.
+    - ``"adaptlog"``: :class:`AdaptLogLoss`, the same per-image weights on cross-entropy terms (not in the paper).
     - ``"exp"``: :class:`ExpLoss`, the paper's unweighted "EXP" baseline.
     - ``"bce"``: 2-class softmax cross-entropy (MONAI ``DiceCELoss`` with ``lambda_dice=0``). This is exactly binary
       cross-entropy on the logit difference :math:`z_1 - z_0`, since
       :math:`\\mathrm{softmax}(z)_1 = \\sigma(z_1 - z_0)`.
     - ``"dice"``: MONAI ``DiceLoss(to_onehot_y=True, softmax=True)``.
+    - ``"dicece"``: MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)``: Dice + cross-entropy, weights 1 and 1.
     - ``"focal"``: MONAI ``FocalLoss(to_onehot_y=True, use_softmax=True)``.
 
     Args:

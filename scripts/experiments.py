@@ -52,6 +52,7 @@ if __package__ in (None, ""):  # run as `python scripts/experiments.py`: make `b
 from bundle.data import load_datalist  # noqa: E402
 from bundle.files import write_text_atomically  # noqa: E402
 from bundle.losses import LOSS_NAMES  # noqa: E402
+from bundle.networks.factory import NETWORK_NAMES  # noqa: E402
 from bundle.networks.rfe_unet import BACKBONES  # noqa: E402
 
 TRAIN_CONFIG = "configs/train.json"
@@ -63,12 +64,19 @@ RESOLUTIONS = ("working", "original")
 # Config keys the recipes set themselves; --extra may not override them.
 RECIPE_KEYS = frozenset(
     {
-        "bundle_root", "dataset_dir", "datalist", "backbone", "loss", "max_epochs", "image_size", "batch_size",
+        "bundle_root", "dataset_dir", "datalist", "network_name", "rfe", "backbone", "loss", "max_epochs",
+        "image_size", "batch_size",
         "num_workers", "seed", "resume", "eval_dir", "eval_key", "noise_std", "ckpt_path", "save_overlays",
         "config_file", "meta_file", "logging_file",
     }
 )
 _LOG_TAIL_CHARS = 200
+# The networks a comparison can name: label -> (network_name, rfe). "rfeunet-norfe" is Table 9's baseline.
+NETWORKS: dict[str, tuple[str, bool]] = {
+    "rfeunet": ("rfeunet", True),
+    "rfeunet-norfe": ("rfeunet", False),
+    **{name: (name, True) for name in NETWORK_NAMES if name != "rfeunet"},
+}
 
 
 # ------------------------------------------------------------------------------------------------ one configuration
@@ -93,6 +101,8 @@ class RunSpec:
     seed: int
     num_workers: int
     extra: tuple[str, ...] = ()
+    network: str = "rfeunet"
+    rfe: bool = True
 
     def identity(self) -> dict[str, Any]:
         """The options that decide the run's result; a run folder is reused only when they are unchanged."""
@@ -110,6 +120,7 @@ class RunSpec:
         ]
         if self.datalist:
             args += ["--datalist", self.datalist]
+        args += ["--network_name", self.network, "--rfe", str(self.rfe).lower()]
         return args + list(self.extra)
 
 
@@ -352,6 +363,8 @@ def result_row(result: RunResult, noisy: bool = False) -> dict[str, Any]:
     pixels; None where the run failed."""
     row: dict[str, Any] = {
         "name": result.spec.name,
+        "network": network_label(result.spec.network, result.spec.rfe),
+        "seed": result.spec.seed,
         "backbone": result.spec.backbone,
         "loss": result.spec.loss,
         "status": result.status,
@@ -364,6 +377,11 @@ def result_row(result: RunResult, noisy: bool = False) -> dict[str, Any]:
                 row[f"{prefix}{resolution}_{key}"] = summary.get(resolution, {}).get(key)
     row.update(run_dir=str(result.run_dir), failure=result.failure)
     return row
+
+
+def network_label(network: str, rfe: bool) -> str:
+    """The :data:`NETWORKS` label of a (network_name, rfe) pair."""
+    return next(label for label, value in NETWORKS.items() if value == (network, bool(rfe)))
 
 
 def _epochs(max_epochs: int) -> str:
@@ -512,6 +530,7 @@ def ablation(
     out: str = "runs/ablation",
     losses: str | Sequence[str] = DEFAULT_LOSSES,
     backbones: str | Sequence[str] = "resnet101",
+    networks: str | Sequence[str] = "rfeunet",
     max_epochs: int = 50,
     image_size: int = 256,
     batch_size: int = 8,
@@ -532,6 +551,8 @@ def ablation(
         out: the experiment folder.
         losses: comma-separated loss names (see ``bundle.losses.LOSS_NAMES``).
         backbones: comma-separated ResNet backbones.
+        networks: comma-separated networks (see :data:`NETWORKS`): ``rfeunet``, ``rfeunet-norfe`` (Table 9's
+            baseline without RFE), ``flexibleunet``, ``basicunet``.
         max_epochs: training epochs of each run (the best epoch by validation mDice is evaluated).
         image_size: the working resolution, a multiple of 32.
         batch_size: training batch size.
@@ -546,6 +567,7 @@ def ablation(
     """
     loss_names = _names(losses, "loss", LOSS_NAMES)
     backbone_names = _names(backbones, "backbone", BACKBONES)
+    network_labels = _names(networks, "network", NETWORKS)
     _check_training_options(max_epochs, image_size, batch_size, noise_std)
     root, datalist_path = _dataset(dataset_dir, datalist, ("training", "validation", "test"))
     common = dict(
@@ -554,13 +576,18 @@ def ablation(
         extra=_extra_args(extra),
     )
     specs = [
-        RunSpec(name=f"{backbone}_{loss}", backbone=backbone, loss=loss, **common)
+        RunSpec(
+            name=f"{backbone}_{loss}" if label == "rfeunet" else f"{label}-{backbone}_{loss}", backbone=backbone,
+            loss=loss, network=NETWORKS[label][0], rfe=NETWORKS[label][1], **common,
+        )
+        for label in network_labels
         for backbone in backbone_names
         for loss in loss_names
     ]
     out_dir = Path(str(out)).expanduser().resolve()
     results = run_all(specs, out_dir, float(noise_std), bool(force))
     columns = [
+        *([Column("Network", "network", "text")] if network_labels != ["rfeunet"] else []),
         Column("Backbone", "backbone", "text"),
         Column("Loss", "loss", "text"),
         Column("mIoU", "working_mIoU"),
@@ -579,7 +606,8 @@ def ablation(
         f"test split), {_epochs(max_epochs)}, {image_size}×{image_size}, batch {batch_size}, seed {seed}"
     )
     options = {**{k: v for k, v in common.items() if k != "extra"}, "extra": list(common["extra"]),
-               "losses": loss_names, "backbones": backbone_names, "noise_std": float(noise_std)}
+               "losses": loss_names, "backbones": backbone_names, "networks": network_labels,
+               "noise_std": float(noise_std)}
     note = (
         "mIoU to HD95 at the working resolution (image_size × image_size), then mIoU and mDice at each "
         "photograph's own size" + (" and, with noise, at the working resolution" if noise_std > 0 else "")
@@ -662,6 +690,205 @@ def folds(
     return _report(out_dir, results, title, note, columns, options, digits=3, mean_row="Mean ± SD")
 
 
+def _seeds(value: int | str | Sequence[int]) -> list[int]:
+    items = [value] if isinstance(value, int) else value.split(",") if isinstance(value, str) else list(value)
+    try:
+        seeds = list(dict.fromkeys(int(str(item).strip()) for item in items if str(item).strip()))
+    except ValueError:
+        raise ValueError(f"seeds must be integers, e.g. 0,1,2; got {value!r}.") from None
+    if not seeds:
+        raise ValueError("no seed given, e.g. --seeds 0,1,2.")
+    return seeds
+
+
+def _per_image(result: RunResult, resolution: str, metric: str) -> dict[str, float]:
+    """Image name -> ``metric`` (``iou``/``dice``) of the run's clean evaluation at ``resolution``."""
+    report = _read_json(result.run_dir / "eval" / "metrics.json")
+    return {row["name"]: float(row[metric]) for row in report["per_image"][resolution]}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Paired comparison of per-image scores ``a`` and ``b`` (same images, same order): mean of a − b, its 95%
+    confidence interval (Student t), the Wilcoxon signed-rank p-value (two-sided), and how many images are better
+    and worse in ``a``."""
+    from scipy import stats
+
+    diff = [x - y for x, y in zip(a, b, strict=True)]
+    mean = statistics.fmean(diff)
+    half = 0.0
+    if len(diff) > 1 and statistics.stdev(diff) > 0:
+        half = float(stats.t.ppf(0.975, len(diff) - 1)) * statistics.stdev(diff) / math.sqrt(len(diff))
+    nonzero = [d for d in diff if d != 0]
+    p_value = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) >= 2 else 1.0
+    return {
+        "n_images": len(diff), "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "wilcoxon_p": p_value,
+        "better": sum(d > 0 for d in diff), "worse": sum(d < 0 for d in diff),
+    }
+
+
+def _group_rows(results: Sequence[RunResult], resolution: str) -> list[dict[str, Any]]:
+    """One row per (network, loss): the seeds' mean ± SD of each metric, and the runs behind it."""
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for result in results:
+        groups.setdefault((network_label(result.spec.network, result.spec.rfe), result.spec.loss), []).append(result)
+    rows = []
+    for (label, loss), members in groups.items():
+        done = [m for m in members if m.status != "failed"]
+        row: dict[str, Any] = {"network": label, "loss": loss, "backbone": members[0].spec.backbone,
+                               "seeds": [m.spec.seed for m in done], "n_failed": len(members) - len(done)}
+        for res in RESOLUTIONS:
+            for key in METRIC_KEYS[1:]:
+                mean, sd = mean_and_sd(m.metrics["clean"][res].get(key) for m in done)
+                row[f"{res}_{key}"], row[f"{res}_{key}_sd"] = mean, sd
+        row["train_seconds"], _ = mean_and_sd(m.train_seconds for m in done)
+        row["runs"] = done
+        rows.append(row)
+    rows.sort(key=lambda r: -(r[f"{resolution}_mIoU"] if r[f"{resolution}_mIoU"] is not None else -1.0))
+    return rows
+
+
+def _mean_sd_cell(row: dict[str, Any], key: str, percent: bool = True) -> str:
+    mean, sd = row.get(key), row.get(f"{key}_sd")
+    if mean is None:
+        return "failed"
+    scale = 100.0 if percent else 1.0
+    return f"{scale * mean:.2f} ± {'n/a' if sd is None else f'{scale * sd:.2f}'}"
+
+
+def _seed_averaged(row: dict[str, Any], resolution: str) -> dict[str, float]:
+    """Image name -> IoU averaged over the row's seeds (the images every seed scored)."""
+    per_seed = [_per_image(run, resolution, "iou") for run in row["runs"]]
+    names = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
+    return {name: statistics.fmean(p[name] for p in per_seed) for name in names}
+
+
+def compare(
+    dataset_dir: str,
+    datalist: str = "",
+    out: str = "runs/compare",
+    networks: str | Sequence[str] = "rfeunet",
+    losses: str | Sequence[str] = "adaptexp",
+    backbone: str = "resnet34",
+    seeds: int | str | Sequence[int] = "0,1,2",
+    max_epochs: int = 3,
+    image_size: int = 128,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    resolution: str = "original",
+    report: str = "results",
+    extra: str | Sequence[str] = "",
+    force: bool = False,
+) -> ExperimentReport:
+    """
+    Networks × losses × seeds on one data set, with everything else equal: each configuration is trained once per
+    seed in ``<out>/<network>-<backbone>_<loss>_seed<k>`` and evaluated on the test split; the table reports each
+    (network, loss) as the mean ± sample SD over its seeds, sorted by mIoU at ``resolution``, followed by the paired
+    per-image IoU differences of every row against the best one (IoU averaged over seeds per image; mean, 95% CI,
+    Wilcoxon signed-rank p, images better / worse). Runs shared by two invocations with the same options and ``out``
+    (e.g. the network comparison's and the loss comparison's common row) are trained once.
+
+    Args:
+        dataset_dir, datalist: the data (a datalist with training, validation and test splits).
+        out: the experiment folder.
+        networks: comma-separated labels of :data:`NETWORKS`.
+        losses: comma-separated loss names (see ``bundle.losses.LOSS_NAMES``).
+        backbone: the ResNet encoder of the RFE U-Net and FlexibleUNet (BasicUNet has none).
+        seeds: comma-separated seeds; each seed changes the initial weights, the data order and the augmentation.
+        max_epochs, image_size, batch_size, num_workers: the training budget and speed (as in :func:`ablation`).
+        resolution: ``original`` (each photo's stored size) or ``working`` (image_size²), the one rows are ranked by.
+        report: file stem of the report (``<out>/<report>.md``, ``.json``, ``.csv``), so that two comparisons can
+            share one ``out`` folder and its runs.
+        extra, force: as for :func:`ablation`.
+
+    Raises:
+        ValueError: when an option or the dataset is wrong (before anything runs).
+    """
+    network_labels = _names(networks, "network", NETWORKS)
+    loss_names = _names(losses, "loss", LOSS_NAMES)
+    (backbone_name,) = _names(backbone, "backbone", BACKBONES)
+    seed_list = _seeds(seeds)
+    (resolution,) = _names(resolution, "resolution", RESOLUTIONS)
+    _check_training_options(max_epochs, image_size, batch_size, 0.0)
+    root, datalist_path = _dataset(dataset_dir, datalist, ("training", "validation", "test"))
+    common = dict(
+        backbone=backbone_name, dataset_dir=root, datalist=datalist_path, eval_key="test", max_epochs=int(max_epochs),
+        image_size=int(image_size), batch_size=int(batch_size), num_workers=int(num_workers), extra=_extra_args(extra),
+    )
+    specs = []
+    for seed in seed_list:  # seed-major, so that a partial run already covers every configuration once
+        for label in network_labels:
+            for loss in loss_names:
+                encoder = "" if label == "basicunet" else f"-{backbone_name}"
+                specs.append(RunSpec(
+                    name=f"{label}{encoder}_{loss}_seed{seed}", loss=loss, seed=seed, network=NETWORKS[label][0],
+                    rfe=NETWORKS[label][1], **common,
+                ))
+    out_dir = Path(str(out)).expanduser().resolve()
+    results = run_all(specs, out_dir, 0.0, bool(force))
+    groups = _group_rows(results, resolution)
+    metric_columns = [("mIoU", "mIoU"), ("mDice", "mDice"), ("mIoU*", "IoU_star"), ("mDice*", "Dice_star"),
+                      ("TJ", "thresholded_jaccard")]
+    headers = ["Network", "Loss", "Seeds"] + [f"{h} ({resolution})" for h, _ in metric_columns] + [
+        f"HD95 px ({resolution})", "mIoU (working)" if resolution == "original" else "mIoU (original)",
+        "Training time"]
+    other = "working" if resolution == "original" else "original"
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in groups:
+        cells = [row["network"], row["loss"], str(len(row["seeds"])) + (f" ({row['n_failed']} failed)" if row["n_failed"] else "")]
+        cells += [_mean_sd_cell(row, f"{resolution}_{key}") for _, key in metric_columns]
+        cells += [_mean_sd_cell(row, f"{resolution}_HD95", percent=False), _mean_sd_cell(row, f"{other}_mIoU"),
+                  format_duration(row["train_seconds"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    paired: list[dict[str, Any]] = []
+    scored = [row for row in groups if row["runs"]]
+    if len(scored) > 1:
+        best = _seed_averaged(scored[0], resolution)
+        lines += ["", f"Paired per-image IoU differences ({resolution} size) against the best row, "
+                      f"{scored[0]['network']} + {scored[0]['loss']} (IoU averaged over seeds per image; "
+                      "negative = worse than the best):", "",
+                  "| Network | Loss | mean ΔIoU (pp) | 95% CI (pp) | Wilcoxon p | images better / worse |",
+                  "|---|---|---|---|---|---|"]
+        for row in scored[1:]:
+            scores = _seed_averaged(row, resolution)
+            names = sorted(set(best) & set(scores))
+            d = paired_difference([scores[n] for n in names], [best[n] for n in names])
+            paired.append({"network": row["network"], "loss": row["loss"], **d})
+            lines.append(
+                f"| {row['network']} | {row['loss']} | {100 * d['mean']:+.2f} | "
+                f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] | {d['wilcoxon_p']:.3g} | "
+                f"{d['better']} / {d['worse']} |"
+            )
+    title = (
+        f"Comparison on {root} ({Path(datalist_path).name if datalist_path else 'default datalist'}, test split): "
+        f"{backbone_name} encoders, {_epochs(max_epochs)}, {image_size}×{image_size}, batch {batch_size}, "
+        f"seeds {', '.join(map(str, seed_list))}"
+    )
+    note = (
+        f"Mean ± sample SD (n − 1) over the seeds; overlap scores in %, HD95 in pixels, at the {resolution} size"
+        f"{' (each photo as stored)' if resolution == 'original' else ''}; training time: mean wall-clock per run."
+    )
+    markdown = f"# {title}\n\n" + "\n".join(lines) + f"\n\n{note}\n"
+    print(markdown, end="", flush=True)
+    options = {**{k: v for k, v in common.items() if k != "extra"}, "extra": list(common["extra"]),
+               "networks": network_labels, "losses": loss_names, "seeds": seed_list, "resolution": resolution}
+    summary_rows = [{k: v for k, v in row.items() if k != "runs"} for row in groups]
+    run_rows = [result_row(r) for r in results]
+    content = {"title": title, "options": options, "groups": summary_rows, "paired": paired, "runs": run_rows}
+    stem = str(report)
+    write_text_atomically(out_dir / f"{stem}.md", markdown)
+    write_text_atomically(out_dir / f"{stem}.json", json.dumps(content, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(run_rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(run_rows)
+    write_text_atomically(out_dir / f"{stem}.csv", buffer.getvalue())
+    outcome = ExperimentReport(results, markdown, out_dir)
+    _say(f"wrote {out_dir / stem}.md, .json, .csv")
+    for failed in outcome.failed:
+        _say(failed.failure or "")
+    return outcome
+
+
 def _join_extra(argv: list[str]) -> list[str]:
     """``--extra "--learning_rate 0.001"`` → ``--extra=--learning_rate 0.001``, since fire reads ``--…`` values as
     flags."""
@@ -680,7 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: 0 when every run succeeded, 1 when one failed or an option is wrong (one ``error:`` line)."""
     command = _join_extra(list(sys.argv[1:] if argv is None else argv)) or ["--help"]
     try:
-        report = fire.Fire({"ablation": ablation, "folds": folds}, command=command, serialize=lambda _: None)
+        report = fire.Fire({"ablation": ablation, "folds": folds, "compare": compare}, command=command, serialize=lambda _: None)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

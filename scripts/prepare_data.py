@@ -10,6 +10,8 @@ Reads the official archives (zip) or their extracted folders of
   ``ISIC2018_Task1_Training_GroundTruth/ISIC_<id>_segmentation.png``;
 - PH2: ``PH2Dataset/PH2 Dataset images/IMD<n>/IMD<n>_Dermoscopic_Image/IMD<n>.bmp`` with
   ``IMD<n>_lesion/IMD<n>_lesion.bmp`` (the ``.rar`` must be extracted first);
+- ISIC 2017 at 256×256 (``isic2017_256``, e.g. ``shared/data/isic2017_256``): ``training/`` and ``validation/``
+  folders, each holding ``images/ISIC_<id>.jpg`` and ``masks/ISIC_<id>_segmentation.png``;
 - any ``images/`` + ``masks/`` pair of folders (mask stem = image stem, optionally + ``_segmentation``, ``_mask`` or
   ``_lesion``),
 
@@ -19,6 +21,7 @@ and writes ``<out>/datalist.json`` with paths relative to ``<out>``, split as in
         --out data/isic2018 --cache_size 512
     python scripts/prepare_data.py ~/PH2Dataset --out data/ph2 --folds 5
     python scripts/prepare_data.py --download isic2017 --out data/isic2017
+    python scripts/prepare_data.py ../shared/data/isic2017_256 --out data/isic2017_256
 
 Problems with single files (unpaired, unreadable, mask size differs from the image) are printed one per line and
 the files left out; problems that stop the run (missing folder, unknown layout, no pairs, failed download) are
@@ -66,7 +69,7 @@ from bundle.data import (  # noqa: E402
     write_datalist,
 )
 
-LAYOUTS = ("isic2016", "isic2017", "isic2018", "ph2", "generic")
+LAYOUTS = ("isic2016", "isic2017", "isic2017_256", "isic2018", "ph2", "generic")
 ISIC_SUFFIXES = ("_segmentation",)  # matched case-insensitively: 2016 writes "_Segmentation"
 # split -> (images folder, masks folder) of the official archives.
 ISIC_FOLDERS: dict[str, dict[str, tuple[str, str]]] = {
@@ -88,6 +91,10 @@ PH2_FOLDER = "PH2 Dataset images"
 PAPER_SPLITS = {"isic2018": (1815, 259, 520), "isic2017": (1400, 150, 600), "ph2": (140, 20, 40)}
 # ISIC 2016 is not in the paper: its official test set stays the test set, and 10% of its training set validates.
 ISIC2016_VALIDATION_FRACTION = 0.1
+# ISIC 2017 at 256x256: the official validation split is the test set; this seeded share of the official training
+# split chooses checkpoints (2000 -> 1840 / 160).
+PRESPLIT_VALIDATION_FRACTION = 0.08
+PRESPLIT_FOLDERS = ("training", "validation")
 FOLD_VALIDATION_SIZES = (0.875, 0.125)  # training / validation share of the folds that are not held out
 SEARCH_DEPTH = 3  # how deep under each source the dataset's folders are looked for
 CACHE_JPEG_QUALITY = 95
@@ -380,6 +387,15 @@ def _generic_roots(index: Mapping[str, list[Path]]) -> list[Path]:
     return [p.parent for p in index.get("images", []) if (p.parent / "masks").is_dir()]
 
 
+def _presplit_roots(index: Mapping[str, list[Path]]) -> list[Path]:
+    """Folders holding ``training/`` and ``validation/``, each with ``images/`` + ``masks/`` (ISIC 2017 at 256)."""
+    return [
+        folder.parent
+        for folder in index.get(PRESPLIT_FOLDERS[0], [])
+        if all((folder.parent / split / sub).is_dir() for split in PRESPLIT_FOLDERS for sub in ("images", "masks"))
+    ]
+
+
 def detect_layout(index: Mapping[str, list[Path]]) -> str:
     """
     The layout whose folders ``index`` holds; a dataset-specific layout wins over a stray ``images/`` + ``masks/``.
@@ -390,6 +406,8 @@ def detect_layout(index: Mapping[str, list[Path]]) -> str:
     found = [name for name, splits in ISIC_FOLDERS.items() if any(f in index for pair in splits.values() for f in pair)]
     if PH2_FOLDER in index:
         found.append("ph2")
+    if _presplit_roots(index):
+        found.append("isic2017_256")
     if len(found) > 1:
         raise ValueError(f"found the folders of several datasets ({', '.join(found)}); pass --layout to pick one.")
     if found:
@@ -441,6 +459,15 @@ def collect_pairs(layout: str, index: Mapping[str, list[Path]]) -> Collected:
     """Pair images with masks in the folders of ``layout``, noting unpaired files as problems."""
     if layout in ISIC_FOLDERS:
         return _collect_isic(layout, index)
+    if layout == "isic2017_256":
+        roots = _presplit_roots(index)
+        if not roots:
+            raise ValueError("found no folder holding training/ and validation/, each with images/ + masks/.")
+        collected = Collected(layout, {})
+        for split, folder in (("training", "training"), ("test", "validation")):
+            images_dir, masks_dir = roots[0] / folder / "images", roots[0] / folder / "masks"
+            collected.groups[split] = _pairs_between(images_dir, masks_dir, ISIC_SUFFIXES, collected.problems)
+        return collected
     if layout == "ph2":
         if PH2_FOLDER not in index:
             raise ValueError(f"found no {PH2_FOLDER!r} folder (from PH2Dataset.rar) under the sources.")
@@ -536,9 +563,18 @@ def make_splits(collected: Collected, seed: int) -> dict[str, list[dict[str, str
     - ISIC 2018 and PH2: the paper's Table 2 counts (scaled, and said so, for another number of pairs);
     - ISIC 2017: the official split when all three official parts are present, else Table 2's 1400/150/600 scaled;
     - ISIC 2016: the official test set; 10% of the official training set validates;
+    - ISIC 2017 at 256×256: the official validation split is the test set; a seeded 8% of the official training
+      split validates (chooses checkpoints);
     - generic: 80/10/10.
     """
     groups, layout = collected.groups, collected.layout
+    if layout == "isic2017_256":
+        if not groups.get("training") or not groups.get("test"):
+            raise ValueError("ISIC 2017 at 256x256 needs pairs in both training/ and validation/.")
+        fractions = (1 - PRESPLIT_VALIDATION_FRACTION, PRESPLIT_VALIDATION_FRACTION)
+        splits = split_items(groups["training"], fractions, seed, keys=SPLIT_KEYS[:2])
+        _say("ISIC 2017 at 256x256: test = the official validation split; validation = a seeded 8% of training.")
+        return {**splits, "test": groups["test"]}
     if layout == "isic2017" and all(groups.get(key) for key in SPLIT_KEYS):
         _say("ISIC 2017: using the official training/validation/test split.")
         return {key: groups[key] for key in SPLIT_KEYS}
@@ -641,7 +677,7 @@ def prepare_data(
             levels deep).
         out: the data root: where archives are extracted, the cache is written, and the datalist's paths start.
             Defaults to the single source folder.
-        layout: ``auto``, ``isic2016``, ``isic2017``, ``isic2018``, ``ph2`` or ``generic``.
+        layout: ``auto``, ``isic2016``, ``isic2017``, ``isic2017_256``, ``isic2018``, ``ph2`` or ``generic``.
         seed: seed of the splits (same seed and file names, same split).
         folds: when >= 2, also write ``datalist_fold{i}.json`` for i = 0..folds-1: training = the other folds,
             validation = test = fold i.

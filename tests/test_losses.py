@@ -1,4 +1,5 @@
-"""AdaptExpLoss and ExpLoss against an independent float64 NumPy implementation of the paper's eq. (1)-(3)."""
+"""AdaptExpLoss and ExpLoss against an independent float64 NumPy implementation of the paper's eq. (1)-(3), and
+AdaptLogLoss against an independent float64 implementation of its logarithmic form."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bundle.losses import LOSS_NAMES, AdaptExpLoss, ExpLoss, make_loss
+from bundle.losses import LOSS_NAMES, AdaptExpLoss, AdaptLogLoss, ExpLoss, make_loss
 
 EPS = 1e-6
 
@@ -27,6 +28,18 @@ def reference_loss(logits, target, adaptive: bool, softmax: bool, reduction: str
     else:
         lambda1 = lambda2 = 1.0
     per_pixel = lambda1 * y * np.exp(-p) + lambda2 * (1.0 - y) * np.exp(-(1.0 - p))
+    return {"mean": per_pixel.mean(), "sum": per_pixel.sum(), "none": per_pixel}[reduction]
+
+
+def reference_log_loss(logits, target, softmax: bool, reduction: str):
+    """Adapt Log in float64: eq. (2)'s per-image weights on -log p and -log(1 - p), with log p = -log(1 + e^-z)."""
+    x = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(target, dtype=np.float64)
+    z = x[:, 1:2] - x[:, 0:1] if softmax else x
+    minus_log_p, minus_log_not_p = np.logaddexp(0.0, -z), np.logaddexp(0.0, z)
+    k = y.reshape(len(y), -1).mean(axis=1).reshape((-1,) + (1,) * (y.ndim - 1))
+    lambda1, lambda2 = 1.0 / (k + EPS), 1.0 / (1.0 - k + EPS)
+    per_pixel = lambda1 * y * minus_log_p + lambda2 * (1.0 - y) * minus_log_not_p
     return {"mean": per_pixel.mean(), "sum": per_pixel.sum(), "none": per_pixel}[reduction]
 
 
@@ -56,6 +69,39 @@ def test_loss_matches_numpy_reference(loss_cls, softmax, reduction, seed):
     assert loss.dtype == torch.float32
     assert loss.shape == np.shape(expected)
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("softmax", [True, False], ids=["softmax", "sigmoid"])
+def test_adapt_log_matches_numpy_reference(softmax, reduction, seed):
+    rng, target = mixed_batch(seed)
+    logits = make_logits(rng, 2 if softmax else 1, target)
+    loss = AdaptLogLoss(softmax=softmax, sigmoid=not softmax, reduction=reduction)(logits, torch.from_numpy(target))
+    expected = reference_log_loss(logits.numpy(), target, softmax, reduction)
+    assert loss.dtype == torch.float32
+    assert loss.shape == np.shape(expected)
+    # float32 log_softmax: per-pixel terms of confidently right pixels (~1e-4) agree to 1e-7 absolute
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_adapt_log_is_the_sum_of_per_class_mean_cross_entropies():
+    rng, target = mixed_batch(11)
+    logits = make_logits(rng, 2, target)[2:]  # the image holding both classes
+    image_target = torch.from_numpy(target[2:])
+    cross_entropy = F.cross_entropy(logits, image_target[:, 0].long(), reduction="none")
+    lesion = image_target[:, 0].bool()
+    expected = cross_entropy[lesion].mean() + cross_entropy[~lesion].mean()
+    assert AdaptLogLoss()(logits, image_target).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_adapt_log_keeps_the_gradient_that_adapt_exp_loses_on_confident_mistakes():
+    target = two_class_target()
+    for loss_cls, pushes in ((AdaptExpLoss, False), (AdaptLogLoss, True)):
+        logits = saturated_logits(target, correct=False).requires_grad_()
+        loss_cls()(logits, target).backward()
+        # through the softmax a confidently wrong pixel gets e^-20-sized gradients from the exp terms
+        assert (logits.grad.abs().max().item() > 1e-4) is pushes
 
 
 def test_adaptive_weights_differ_from_exp():
@@ -118,7 +164,7 @@ def test_single_class_image_scores_between_one_over_e_and_one(fill):
 
 
 @pytest.mark.parametrize("softmax", [True, False], ids=["softmax", "sigmoid"])
-@pytest.mark.parametrize("loss_cls", [AdaptExpLoss, ExpLoss])
+@pytest.mark.parametrize("loss_cls", [AdaptExpLoss, AdaptLogLoss, ExpLoss])
 def test_gradients_finite_and_nonzero_for_empty_and_full_masks(loss_cls, softmax):
     rng, target = mixed_batch(6)
     logits = make_logits(rng, 2 if softmax else 1, target).requires_grad_()
@@ -209,6 +255,7 @@ def test_make_loss_forward_backward(name):
 def test_make_loss_builds_the_named_classes_and_passes_kwargs():
     assert type(make_loss("adaptexp")) is AdaptExpLoss
     assert type(make_loss("exp")) is ExpLoss
+    assert type(make_loss("adaptlog")) is AdaptLogLoss
     assert make_loss("adaptexp", eps=1e-3).eps == 1e-3
     sigmoid_exp = make_loss("exp", softmax=False, sigmoid=True)
     assert sigmoid_exp(torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)).item() == pytest.approx(math.exp(-0.5))
@@ -222,6 +269,14 @@ def test_make_loss_bce_is_binary_cross_entropy_on_logit_difference():
     assert make_loss("bce")(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_make_loss_dicece_is_dice_plus_cross_entropy():
+    generator = torch.Generator().manual_seed(12)
+    logits = torch.randn(2, 2, 16, 16, generator=generator)
+    target = (torch.rand(2, 1, 16, 16, generator=generator) < 0.4).float()
+    expected = make_loss("dice")(logits, target) + make_loss("bce")(logits, target)
+    assert make_loss("dicece")(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_make_loss_unknown_name_lists_choices():
-    with pytest.raises(ValueError, match="adaptexp, exp, bce, dice, focal"):
+    with pytest.raises(ValueError, match="adaptexp, adaptlog, exp, bce, dice, dicece, focal"):
         make_loss("tversky")
