@@ -1,4 +1,4 @@
-"""scripts/experiments.py: the ablation and cross-validation recipes end to end on the embedded sample (real bundle
+"""scripts/experiments.py: the ablation, comparison and cross-validation recipes end to end on the embedded sample (real bundle
 processes), and their tables, reuse, failure reports and input checks."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from scripts.experiments import (
     folds,
     main,
     mean_and_sd,
+    paired_difference,
     results_table,
 )
 
@@ -272,3 +273,105 @@ def test_bad_input_is_one_error_line_before_anything_runs(tmp_path, capsys):
     assert main(["ablation", "--dataset_dir", str(SAMPLE), "--image_size", "100", "--out", str(out)]) == 1
     assert "multiple of 32" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------------- compare
+
+
+@pytest.fixture(scope="module")
+def compare_run(tmp_path_factory):
+    """Two networks (one a stock MONAI peer) x one loss x two seeds on the sample."""
+    out = tmp_path_factory.mktemp("compare")
+    proc = run_experiments(
+        "compare", "--dataset_dir", str(SAMPLE), "--out", str(out), "--networks", "rfeunet,basicunet",
+        "--losses", "adaptlog", "--seeds", "0,1", "--report", "networks", *FAST,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, out, json.loads((out / "networks.json").read_text())
+
+
+def per_image_iou(run_dir: Path) -> dict[str, float]:
+    report = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    return {row["name"]: row["iou"] for row in report["per_image"]["original"]}
+
+
+@pytest.mark.slow
+def test_compare_reports_mean_and_sd_over_seeds_per_configuration(compare_run):
+    proc, out, results = compare_run
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert names == ["basicunet_adaptlog_seed0", "basicunet_adaptlog_seed1",
+                     "rfeunet-resnet34_adaptlog_seed0", "rfeunet-resnet34_adaptlog_seed1"]
+    # each run trained the network it names: the recorded options and the network's own log differ
+    options = {n: json.loads((out / n / "run.json").read_text())["options"] for n in names}
+    assert {o["network"] for o in options.values()} == {"rfeunet", "basicunet"}
+    assert {o["seed"] for o in options.values()} == {0, 1}
+    assert (out / "networks.md").read_text().startswith("# Comparison on ")
+    rows = table_rows(proc.stdout)
+    groups = {(g["network"], g["loss"]): g for g in results["groups"]}
+    assert set(groups) == {("rfeunet", "adaptlog"), ("basicunet", "adaptlog")}
+    for (network, loss), group in groups.items():
+        runs = [n for n in names if n.startswith(network + ("-" if network == "rfeunet" else "_"))]
+        values = [json.loads((out / n / "eval" / "metrics.json").read_text())["summary"]["original"]["mIoU"]
+                  for n in runs]
+        assert group["original_mIoU"] == pytest.approx(statistics.mean(values))
+        assert group["original_mIoU_sd"] == pytest.approx(statistics.stdev(values))
+        row = next(r for r in rows if r[:2] == [network, loss])
+        assert row[2] == "2"
+        assert row[3] == f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+    # rows are ranked by mIoU at the photos' own size
+    ranked = [g["original_mIoU"] for g in results["groups"]]
+    assert ranked == sorted(ranked, reverse=True)
+
+
+@pytest.mark.slow
+def test_compare_pairs_per_image_differences_against_the_best_row(compare_run):
+    _, out, results = compare_run
+    best, other = results["groups"]
+    prefix = {"rfeunet": "rfeunet-resnet34", "basicunet": "basicunet"}
+
+    def seed_mean(network: str) -> dict[str, float]:
+        seeds = [per_image_iou(out / f"{prefix[network]}_adaptlog_seed{s}") for s in (0, 1)]
+        return {name: (seeds[0][name] + seeds[1][name]) / 2 for name in seeds[0]}
+
+    a, b = seed_mean(other["network"]), seed_mean(best["network"])
+    diffs = [a[name] - b[name] for name in sorted(a)]
+    (paired,) = results["paired"]
+    assert (paired["network"], paired["loss"]) == (other["network"], "adaptlog")
+    assert paired["n_images"] == len(diffs) == 4
+    assert paired["mean"] == pytest.approx(statistics.mean(diffs))
+    assert paired["better"] == sum(d > 0 for d in diffs) and paired["worse"] == sum(d < 0 for d in diffs)
+    assert paired["ci_low"] <= paired["mean"] <= paired["ci_high"]
+
+
+@pytest.mark.slow
+def test_a_second_comparison_in_the_same_folder_reuses_the_shared_runs(compare_run):
+    _, out, _ = compare_run
+    proc = run_experiments(
+        "compare", "--dataset_dir", str(SAMPLE), "--out", str(out), "--networks", "rfeunet",
+        "--losses", "adaptlog", "--seeds", "0,1", "--report", "losses", *FAST,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count(": reused") == 2 and "training (" not in proc.stderr
+    assert (out / "losses.md").is_file() and (out / "networks.md").is_file()
+    assert json.loads((out / "losses.json").read_text())["paired"] == []
+
+
+def test_paired_difference_matches_a_hand_computation():
+    a, b = [0.9, 0.8, 0.7, 0.6, 0.95], [0.85, 0.82, 0.6, 0.5, 0.95]
+    result = paired_difference(a, b)
+    diffs = [x - y for x, y in zip(a, b)]
+    mean = statistics.mean(diffs)
+    # t(0.975, 4) = 2.776445105...
+    half = 2.7764451051977987 * statistics.stdev(diffs) / math.sqrt(5)
+    assert result["mean"] == pytest.approx(mean)
+    assert (result["ci_low"], result["ci_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert (result["better"], result["worse"], result["n_images"]) == (3, 1, 5)
+    # the zero difference is left out of the signed-rank test: ranks of |d| 0.02, 0.05, 0.1, 0.1 -> W- = 1
+    assert 0.1 < result["wilcoxon_p"] < 1  # four differences can never be significant at 5 %
+
+
+def test_compare_rejects_unknown_networks_and_bad_seeds(capsys):
+    assert main(["compare", "--dataset_dir", str(SAMPLE), "--networks", "unetr"]) == 1
+    assert "unknown network 'unetr'; choose from rfeunet, rfeunet-norfe, flexibleunet, basicunet" in capsys.readouterr().err
+    assert main(["compare", "--dataset_dir", str(SAMPLE), "--seeds", "a,b"]) == 1
+    assert "seeds must be integers" in capsys.readouterr().err
