@@ -1,0 +1,256 @@
+"""The segmentation worker: a plain-Python process (no Slicer) that loads a bundle once and answers requests.
+
+    python worker.py --bundle BUNDLE_DIR [--device auto|cpu|cuda] [--overrides JSON]
+
+Run it with any Python where torch, MONAI and the bundle's requirements are installed (Slicer's own, or one the
+user points to). It reads the session token as the first line of its standard input, loads the bundle through
+``bundle.inference.LesionSegmenter`` (the bundle's own ``configs/inference.json``, the only definition of the pre-
+and post-processing), listens on 127.0.0.1 on a free port, and prints ``READY_PREFIX`` and a JSON object with the
+port on standard output. Everything else it prints is log for the user. It exits when its standard input closes,
+so it never outlives the module that started it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+import os
+import socket
+import socketserver
+import sys
+import threading
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import the library as a package, not its files one by one
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from SkinLesionSegmentationLib import bundles, protocol, results  # noqa: E402
+
+logger = logging.getLogger("skin_lesion_worker")
+AUTH_TIMEOUT_S = 30.0
+
+
+def one_line(error: BaseException) -> str:
+    """The innermost cause of ``error`` on one line (MONAI wraps transform errors in "applying transform ...")."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class BundleModel:
+    """The bundle's ``LesionSegmenter`` on a device, with CPU fallback and a count of network forward passes."""
+
+    def __init__(self, bundle_root: Path, device: str = "auto", overrides: dict | None = None) -> None:
+        import torch
+
+        self.bundle_root = bundle_root
+        self.overrides = dict(overrides or {})
+        self.forward_count = 0
+        self.fallback_reason = ""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self._load(device)
+        except Exception as err:  # noqa: BLE001 - any failure to use the GPU falls back to the CPU
+            if device == "cpu":
+                raise
+            self._fall_back(err)
+        metadata = bundles.read_metadata(bundle_root)
+        self.spec = results.segment_spec(bundles.output_channel_def(metadata))
+
+    def _load(self, device: str) -> None:
+        from bundle.inference import LesionSegmenter
+
+        device_overrides = {"device": f"$torch.device('{device}')"}
+        if device == "cpu":
+            device_overrides["amp"] = False
+        self.segmenter = LesionSegmenter(bundle_root=self.bundle_root, overrides={**self.overrides, **device_overrides})
+        self.device = device
+        self.segmenter.runner.network.register_forward_hook(self._count_forward)
+
+    def _count_forward(self, *_):
+        self.forward_count += 1
+
+    def _fall_back(self, err: BaseException) -> None:
+        self.fallback_reason = f"GPU not usable ({one_line(err)}); running on the CPU"
+        logger.warning(self.fallback_reason)
+        self._load("cpu")
+
+    def segment(self, photo) -> dict:
+        """The bundle's ``segment_array`` on a (rows, columns, 3) uint8 photo; retried on the CPU if the GPU fails."""
+        import numpy as np
+        import torch
+
+        try:
+            output = self.segmenter.segment_array(photo)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+            if self.device == "cpu":
+                raise
+            self._fall_back(err)
+            output = self.segmenter.segment_array(photo)
+        return {
+            "prob": np.asarray(output["prob"], dtype=np.float32),
+            "pred": np.asarray(output["pred"], dtype=np.uint8),
+        }
+
+    def info(self) -> dict:
+        import monai
+        import torch
+
+        runner = self.segmenter.runner
+        return {
+            "pid": os.getpid(),
+            "python": sys.executable,
+            "bundle_root": str(self.bundle_root),
+            "bundle_code": str(Path(sys.modules["bundle"].__file__).parent),
+            "device": self.device,
+            "fallback": self.fallback_reason,
+            "has_weights": bool(getattr(runner, "has_weights", False)),
+            "segment_name": self.spec.name,
+            "segment_color": list(self.spec.color),
+            "segment_terminology": self.spec.terminology,
+            "forward_count": self.forward_count,
+            "torch": torch.__version__,
+            "monai": monai.__version__,
+        }
+
+    def batch(self, input_path: str, output_dir: str) -> dict:
+        """Segment every photo of a folder (or a datalist), writing ``<stem>_mask.png`` and ``<stem>.seg.nrrd``.
+
+        Photos are listed and read by the bundle's own functions; a photo that fails is reported and skipped.
+        """
+        import numpy as np
+        from bundle.data import file_stem, list_images
+        from bundle.transforms import read_photo
+
+        items = list_images(input_path)
+        if not items:
+            raise ValueError(f"{input_path}: no photos found")
+        written, failures = [], []
+        for index, item in enumerate(items, start=1):
+            source = str(item["image"])
+            try:
+                mask = self.segment(np.asarray(read_photo(source)))["pred"]
+                png, seg = results.write_results(mask, output_dir, file_stem(source), self.spec)
+                written.append([source, str(png), str(seg)])
+                print(f"PROGRESS {index}/{len(items)} {source}", flush=True)
+            except Exception as err:  # noqa: BLE001 - one line per photo, the others go on
+                reason = one_line(err)
+                reason = reason if source in reason else f"{source}: {reason}"
+                failures.append([source, reason])
+                print(f"PROGRESS {index}/{len(items)} ERROR {reason}", flush=True)
+        return {"written": written, "failures": failures}
+
+
+class Worker:
+    """Answers the module's requests; one model, requests served one at a time."""
+
+    def __init__(self, model: BundleModel, token: str) -> None:
+        self.model = model
+        self.token = token
+        self.lock = threading.Lock()
+        self.server: socketserver.ThreadingTCPServer | None = None
+
+    def handle(self, command: str, params: dict, arrays: dict):
+        if command == "info":
+            return self.model.info(), {}
+        if command == "segment":
+            started = time.perf_counter()
+            output = self.model.segment(arrays["image"])
+            summary = {
+                "seconds": time.perf_counter() - started,
+                "forward_count": self.model.forward_count,
+                "device": self.model.device,
+            }
+            return summary, output
+        if command == "batch":
+            return self.model.batch(str(params["input"]), str(params["output_dir"])), {}
+        if command == "shutdown":
+            threading.Thread(target=self.server.shutdown, daemon=True).start()
+            return {"stopping": True}, {}
+        raise ValueError(f"unknown command {command!r}")
+
+    def serve(self) -> None:
+        worker = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                sock: socket.socket = self.request
+                sock.settimeout(AUTH_TIMEOUT_S)
+                authenticated = False
+                while True:
+                    try:
+                        header = protocol.receive_header(sock)
+                    except (protocol.ProtocolError, OSError):
+                        return
+                    if not hmac.compare_digest(str(header.get("token", "")).encode(), worker.token.encode()):
+                        protocol.send_message(sock, {"ok": False, "error": "refused: missing or wrong session token"})
+                        return
+                    if not authenticated:
+                        authenticated = True
+                        sock.settimeout(None)
+                    try:
+                        arrays = protocol.receive_arrays(sock, header)
+                        with worker.lock:
+                            result, out_arrays = worker.handle(
+                                str(header.get("command")), header.get("params") or {}, arrays
+                            )
+                        reply, reply_arrays = {"ok": True, "result": result}, out_arrays
+                    except protocol.ProtocolError:
+                        return
+                    except Exception as err:  # noqa: BLE001 - reported to the module in one line
+                        logger.error("%s failed: %s", header.get("command"), one_line(err))
+                        reply, reply_arrays = {"ok": False, "error": one_line(err)}, {}
+                    try:
+                        protocol.send_message(sock, reply, reply_arrays)
+                    except OSError:
+                        return
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = False
+
+        with Server((protocol.HOST, 0), Handler) as server:
+            self.server = server
+            ready = {"port": server.server_address[1], **self.model.info()}
+            print(protocol.READY_PREFIX + json.dumps(ready), flush=True)
+            server.serve_forever(poll_interval=0.2)
+
+
+def _exit_when_stdin_closes() -> None:
+    sys.stdin.read()
+    os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the bundle, serve until asked to stop or until standard input closes."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", required=True, help="bundle folder (holds configs/inference.json)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--overrides", default="{}", help="JSON object of inference.json keys to override")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    token = sys.stdin.readline().strip()
+    if not token:
+        print("ERROR no session token on standard input", flush=True)
+        return 2
+    threading.Thread(target=_exit_when_stdin_closes, daemon=True, name="stdin-watch").start()
+    try:
+        bundle_root = bundles.check_bundle_folder(args.bundle)
+        # The bundle's configs import its own Python package ("bundle"), which must win over any other copy.
+        sys.path.insert(0, str(bundle_root))
+        model = BundleModel(bundle_root, args.device, json.loads(args.overrides))
+    except Exception as err:  # noqa: BLE001 - the module shows this line to the user
+        print(f"ERROR could not load the bundle: {one_line(err)}", flush=True)
+        return 1
+    Worker(model, token).serve()
+    sys.stdout.flush()
+    os._exit(0)  # nothing is left to clean up (results are written atomically); skip torch's slow interpreter teardown
+
+
+if __name__ == "__main__":
+    sys.exit(main())
