@@ -1,0 +1,193 @@
+"""The exported zip as a receiver gets it: ``monai.bundle download --url`` from a local HTTP server, then inference
+and training inside the unpacked folder, in an environment where only the zip's own copy of the code can run."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from .conftest import REPO
+from .small_bundle import SMALL_NETWORK, copy_bundle, export_zip, small_bundle
+
+PHOTOS = ("ISIC_0001769.jpg", "ISIC_0001852.jpg", "ISIC_0003462.jpg")
+
+
+def _export(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "export_bundle.py"), *args],
+        capture_output=True, text=True, timeout=600, cwd=cwd,
+    )
+
+
+def _metadata(root: Path) -> dict:
+    return json.loads((root / "configs" / "metadata.json").read_text())
+
+
+def test_metadata_changelog_holds_the_version():
+    metadata = _metadata(REPO)
+    assert metadata["version"] in metadata["changelog"]
+    assert metadata["bundle_name"] == "rfe_unet_skin_lesion"
+
+
+def test_export_refuses_without_trained_weights(tmp_path):
+    root = copy_bundle(tmp_path / "bundle")
+    proc = _export("--bundle_root", str(root), "--output_dir", str(tmp_path / "dist"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"ERROR {root}/models/model.pt: no trained weights to export; train first, or pass --allow_random_weights true"
+    ]
+    assert not list((tmp_path / "dist").glob("*.zip"))
+
+    proc = _export("--bundle_root", str(root), "--output_dir", str(tmp_path / "dist"), "--allow_random_weights", "true")
+    assert proc.returncode == 0, proc.stderr
+    with zipfile.ZipFile(next((tmp_path / "dist").glob("*.zip"))) as archive:
+        names = archive.namelist()
+    assert "rfe_unet_skin_lesion/configs/inference.json" in names
+    assert not [n for n in names if n.startswith("rfe_unet_skin_lesion/models/") and n.endswith((".pt", ".ts"))]
+
+
+def test_export_refuses_a_version_without_changelog_entry(tmp_path):
+    root = copy_bundle(tmp_path / "bundle")
+    metadata = _metadata(root)
+    metadata["version"] = "9.9.9"
+    (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    proc = _export("--bundle_root", str(root), "--output_dir", str(tmp_path / "dist"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"ERROR {root}/configs/metadata.json: the changelog has no entry for version 9.9.9; describe the release"
+    )
+    assert not list((tmp_path / "dist").glob("*.zip"))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small trained-format bundle and the zip exported from it (with TorchScript)."""
+    base = tmp_path_factory.mktemp("export")
+    root = small_bundle(base / "bundle")
+    return root, export_zip(root, base / "dist", "--torchscript", "true")
+
+
+@pytest.mark.slow
+def test_zip_has_the_model_zoo_layout_and_records_the_network(exported, tmp_path):
+    root, path = exported
+    metadata = _metadata(root)
+    assert path.name == f"rfe_unet_skin_lesion_v{metadata['version']}.zip"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert path.with_name(path.name + ".sha256").read_text() == f"{digest}  {path.name}\n"
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        archive.extractall(tmp_path)
+    assert {n.split("/", 1)[0] for n in names} == {"rfe_unet_skin_lesion"}
+    top = tmp_path / "rfe_unet_skin_lesion"
+    for member in ("configs/inference.json", "configs/train.json", "configs/metadata.json", "configs/logging.conf",
+                   "models/model.pt", "models/model.ts", "docs/README.md", "LICENSE", "README.md",
+                   "bundle/__init__.py", "bundle/networks/rfe_unet.py", "sample_data/datalist.json"):
+        assert (top / member).is_file(), member
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert (top / "models" / "model.pt").read_bytes() == (root / "models" / "model.pt").read_bytes()
+    # the checkpoint's network is what a receiver's fine-tuning builds, and what the metadata describes
+    train = json.loads((top / "configs" / "train.json").read_text())
+    assert (train["backbone"], train["image_size"]) == (SMALL_NETWORK["backbone"], SMALL_NETWORK["image_size"])
+    shapes = [t["spatial_shape"] for s in ("inputs", "outputs") for t in _metadata(top)["network_data_format"][s].values()]
+    assert shapes == [[64, 64], [64, 64]]
+    # the TorchScript file is the same network
+    scripted = torch.jit.load(str(top / "models" / "model.ts"))
+    from bundle.checkpoint import read_checkpoint, unwrap_state_dict
+
+    state = unwrap_state_dict(read_checkpoint(top / "models" / "model.pt"))
+    assert all(torch.equal(scripted.state_dict()[k], v) for k, v in state.items())
+
+
+def _serve(folder: Path):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _receiver_env() -> dict:
+    """An environment where the installed packages import but this repository's editable ``bundle`` does not.
+
+    ``python -S`` skips site-packages' ``.pth`` files (the editable install is one); PYTHONPATH then names the
+    site-packages folders themselves, so torch, MONAI & co. still import.
+    """
+    paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
+
+
+def _receiver(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-S", *args], cwd=cwd, env=_receiver_env(), capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, f"{args}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.mark.slow
+def test_received_zip_infers_like_the_repository_and_trains_with_its_own_code(exported, isic_val, tmp_path):
+    root, path = exported
+    # the receiver's environment really cannot see this repository's code
+    blind = subprocess.run([sys.executable, "-S", "-c", "import bundle"], cwd=tmp_path, env=_receiver_env(),
+                           capture_output=True, text=True)
+    assert blind.returncode != 0 and "No module named 'bundle'" in blind.stderr
+
+    server = _serve(path.parent)
+    try:
+        received = tmp_path / "received"
+        received.mkdir()
+        url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
+        _receiver("-m", "monai.bundle", "download", "--name", "rfe_unet_skin_lesion", "--bundle_dir", str(received),
+                  "--url", url, cwd=tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    unpacked = received / "rfe_unet_skin_lesion"
+    assert (unpacked / "configs" / "inference.json").is_file()
+    found = _receiver("-c", "import bundle; print(bundle.__file__)", cwd=unpacked).stdout.strip()
+    assert Path(found) == unpacked / "bundle" / "__init__.py"
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in PHOTOS:
+        shutil.copy(isic_val / "images" / name, photos / name)
+    _receiver("-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--dataset_dir", str(photos),
+              "--output_dir", str(tmp_path / "theirs"), cwd=unpacked)
+
+    from bundle.inference import LesionSegmenter
+
+    ours = LesionSegmenter(bundle_root=REPO, overrides={
+        "ckpt_path": str(root / "models" / "model.pt"), "output_dir": str(tmp_path / "ours")})
+    for name in PHOTOS:
+        stem = Path(name).stem
+        mine = ours.segment(photos / name)["pred_path"]
+        expected = np.asarray(Image.open(mine))
+        received_mask = np.asarray(Image.open(tmp_path / "theirs" / f"{stem}_mask.png"))
+        assert received_mask.shape == expected.shape == np.asarray(Image.open(photos / name)).shape[:2]
+        assert 0.02 < (expected > 0).mean() < 0.98, "a mask of one class would make this comparison meaningless"
+        assert np.array_equal(received_mask, expected), name
+
+    before = (unpacked / "models" / "model.pt").read_bytes()
+    _receiver("-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json", "--max_epochs", "1",
+              "--num_workers", "0", "--batch_size", "4", cwd=unpacked)
+    after = unpacked / "models" / "model.pt"
+    assert after.read_bytes() != before
+    from bundle.checkpoint import network_settings
+
+    trained = network_settings(after)
+    assert (trained["backbone"], trained["image_size"]) == (SMALL_NETWORK["backbone"], SMALL_NETWORK["image_size"])
