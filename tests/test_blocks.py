@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle.networks.blocks import SPPF, Bottleneck, C2f, Conv, autopad
+from bundle.networks.blocks import SPPF, Bottleneck, C2f, Conv, MaxPool2d, autopad
 
 REFERENCE = torch.load(Path(__file__).parent / "fixtures" / "yolov8_blocks_reference.pt", weights_only=True)
 BLOCKS = {"Conv": Conv, "Bottleneck": Bottleneck, "C2f": C2f, "SPPF": SPPF}
@@ -73,3 +73,16 @@ def test_sppf_chains_one_pool():
     block = SPPF(16, 4, k=7)
     assert block.cv1.conv.out_channels == 8 and block.cv2.conv.in_channels == 32
     assert block.m.kernel_size == 7 and block.m.stride == 1 and block.m.padding == 3
+
+
+@pytest.mark.parametrize("k, s, p", [(5, 1, 2), (3, 2, 1), (3, 1, 1), (7, 1, 3), (2, 2, 0), (4, 2, 1), (13, 1, 6), (1, 1, 0)])
+def test_fast_max_pool_equals_torch(k, s, p):
+    """The shifted-maxima pool (SPPF's and the encoder's) gives exactly torch's max-pool, scripted too."""
+    x = torch.randn(2, 3, 17, 22)
+    x[0, 0, 4:9, 4:9] = 1.0  # ties
+    expected = torch.nn.functional.max_pool2d(x, k, s, p)
+    pool = MaxPool2d(k, s, p)
+    assert torch.equal(pool(x), expected)
+    assert torch.equal(torch.jit.script(pool)(x), expected)
+    with pytest.raises(RuntimeError, match="pad should be at most half"):
+        MaxPool2d(3, 1, 2)(x)

@@ -14,7 +14,7 @@ import torch
 from monai.networks.nets import ResNet
 from torch import nn
 
-from bundle.networks.blocks import SPPF, C2f, Conv
+from bundle.networks.blocks import SPPF, C2f, Conv, MaxPool2d
 
 __all__ = ["BACKBONES", "RFE", "DecoderStage", "RFEUNet", "adapt_stem_weight", "load_encoder_weights"]
 
@@ -164,6 +164,8 @@ class RFEUNet(nn.Module):
             bias_downsample=False,
             feed_forward=False,
         )
+        # same pooling, computed faster (no parameters, so the state_dict is unchanged)
+        self.encoder.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
         expansion = 4 if block == "bottleneck" else 1
         widths = [STEM_CHANNELS] + [planes * expansion for planes in STAGE_PLANES]
         self.use_rfe = bool(rfe)
