@@ -49,9 +49,14 @@ def test_ui_parameter_names_are_fields_of_the_parameter_node():
 
 def test_mrml_widgets_get_the_scene():
     root = ET.parse(UI_FILE).getroot()
-    mrml = {w.get("name") for w in root.iter("widget") if w.get("class") in ("qMRMLNodeComboBox",
-                                                                              "qSlicerMarkupsPlaceWidget")}
-    receivers = {c.findtext("receiver") for c in root.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    mrml = {
+        w.get("name")
+        for w in root.iter("widget")
+        if w.get("class") in ("qMRMLNodeComboBox", "qSlicerMarkupsPlaceWidget")
+    }
+    receivers = {
+        c.findtext("receiver") for c in root.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
     assert mrml and mrml == receivers
 
 
@@ -109,10 +114,13 @@ def cmake_list(text: str, variable: str) -> list[str]:
 
 def test_cmake_lists_every_file_the_module_ships():
     text = (MODULE / "CMakeLists.txt").read_text()
-    listed = [entry.replace("${MODULE_NAME}", "SkinLesionSegmentation")
-              for entry in cmake_list(text, "MODULE_PYTHON_SCRIPTS") + cmake_list(text, "MODULE_PYTHON_RESOURCES")]
+    listed = [
+        entry.replace("${MODULE_NAME}", "SkinLesionSegmentation")
+        for entry in cmake_list(text, "MODULE_PYTHON_SCRIPTS") + cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    ]
     present = sorted(
-        str(p.relative_to(MODULE)) for p in MODULE.rglob("*")
+        str(p.relative_to(MODULE))
+        for p in MODULE.rglob("*")
         if p.is_file() and "__pycache__" not in p.parts and p.name != "CMakeLists.txt"
     )
     assert sorted(listed) == present
@@ -127,8 +135,13 @@ def test_extension_metadata():
     assert 'set(EXTENSION_CATEGORY "Segmentation")' in text
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
     assert "add_subdirectory(SkinLesionSegmentation)" in text
-    for name in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
-                 "EXTENSION_SCREENSHOTURLS"):
+    for name in (
+        "EXTENSION_HOMEPAGE",
+        "EXTENSION_CONTRIBUTORS",
+        "EXTENSION_DESCRIPTION",
+        "EXTENSION_ICONURL",
+        "EXTENSION_SCREENSHOTURLS",
+    ):
         assert f"set({name} " in text
     for icon in (EXTENSION / "SlicerSkinLesionSegmentation.png", MODULE / "Resources/Icons/SkinLesionSegmentation.png"):
         with Image.open(icon) as image:
@@ -138,8 +151,12 @@ def test_extension_metadata():
 def test_module_has_the_four_classes_and_a_parameter_node():
     tree = ast.parse(MODULE_FILE.read_text())
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-    for suffix, base in (("", "ScriptedLoadableModule"), ("Widget", "ScriptedLoadableModuleWidget"),
-                         ("Logic", "ScriptedLoadableModuleLogic"), ("Test", "ScriptedLoadableModuleTest")):
+    for suffix, base in (
+        ("", "ScriptedLoadableModule"),
+        ("Widget", "ScriptedLoadableModuleWidget"),
+        ("Logic", "ScriptedLoadableModuleLogic"),
+        ("Test", "ScriptedLoadableModuleTest"),
+    ):
         node = classes[f"SkinLesionSegmentation{suffix}"]
         assert base in {b.id for b in node.bases if isinstance(b, ast.Name)}
     decorators = [d.id for d in classes["SkinLesionSegmentationParameterNode"].decorator_list]

@@ -29,8 +29,11 @@ sys.path.insert(0, str(REPO / "slicer_extension" / "SkinLesionSegmentation"))
 from SkinLesionSegmentationLib import imaging, measurements, protocol, results  # noqa: E402
 from SkinLesionSegmentationLib.client import WorkerCancelled, WorkerClient, WorkerDied, WorkerError  # noqa: E402
 
-RED_IS_LESION = {"network_def": {"_target_": "tests.nets.RedIsLesion"}, "ckpt_path": "/nonexistent/model.pt",
-                 "image_size": 128}
+RED_IS_LESION = {
+    "network_def": {"_target_": "tests.nets.RedIsLesion"},
+    "ckpt_path": "/nonexistent/model.pt",
+    "image_size": 128,
+}
 SKIN = (220, 180, 160)
 LESION = (200, 40, 40)  # RedIsLesion: probability ~1
 FAINT = (200, 136, 130)  # RedIsLesion: probability ~0.3
@@ -127,8 +130,9 @@ def test_corner_lesion_comes_back_in_the_same_corner(worker, tmp_path, suffix):
     assert answer["pred"][60:, :80].sum() == 0  # nothing in the opposite corner, where the dark mark is
     np.testing.assert_array_equal(imaging.threshold_probability(answer["prob"], 0.5), answer["pred"])
 
-    spec = results.SegmentSpec(worker.info["segment_name"], tuple(worker.info["segment_color"]),
-                               worker.info["segment_terminology"])
+    spec = results.SegmentSpec(
+        worker.info["segment_name"], tuple(worker.info["segment_color"]), worker.info["segment_terminology"]
+    )
     assert spec == results.SKIN_LESION  # "lesion" in the bundle's channel_def
     _, seg_path = results.write_results(answer["pred"], tmp_path, "photo", spec)
     import slicerio
@@ -239,7 +243,11 @@ def test_batch_writes_mask_and_segmentation_and_lists_failures(worker, tmp_path)
         segmentation = slicerio.read_segmentation(str(tmp_path / "out" / f"{stem}.seg.nrrd"))
         np.testing.assert_array_equal(segmentation["voxels"][:, :, 0].T, mask > 0)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "a.seg.nrrd", "a_mask.png", "b.seg.nrrd", "b_mask.png"]
+        "a.seg.nrrd",
+        "a_mask.png",
+        "b.seg.nrrd",
+        "b_mask.png",
+    ]
     (tmp_path / "empty").mkdir()
     with pytest.raises(WorkerError, match="holds no images"):
         worker.batch(tmp_path / "empty", tmp_path / "out2")
@@ -269,8 +277,9 @@ def test_worker_listens_on_loopback_and_refuses_requests_without_the_token(worke
             assert intruder.recv(1) == b""  # and the connection is closed
     with socket.create_connection((protocol.HOST, port), timeout=10) as intruder:
         # A 30 GB array announced without the token: refused at once, before a byte of it is read.
-        header = json.dumps({"command": "segment", "arrays": [
-            {"name": "image", "dtype": "uint8", "shape": [100000, 100000, 3]}]}).encode()
+        header = json.dumps(
+            {"command": "segment", "arrays": [{"name": "image", "dtype": "uint8", "shape": [100000, 100000, 3]}]}
+        ).encode()
         intruder.sendall(struct.pack(">I", len(header)) + header)
         reply, _ = protocol.receive_message(intruder)
         assert reply["error"] == "refused: missing or wrong session token"

@@ -15,6 +15,8 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
+from SkinLesionSegmentationLib import bundles, imaging, measurements, results
+from SkinLesionSegmentationLib.client import WorkerCancelled, WorkerClient, WorkerError
 from slicer import (
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLMarkupsROINode,
@@ -30,9 +32,6 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-
-from SkinLesionSegmentationLib import bundles, imaging, measurements, results
-from SkinLesionSegmentationLib.client import WorkerCancelled, WorkerClient, WorkerError
 
 SETTINGS = "SkinLesionSegmentation"
 DEVICES = ("auto", "cpu", "cuda")  # in the order of the device combo box
@@ -171,14 +170,6 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
     def onOutputFolderChanged(self, path):
         qt.QSettings().setValue(f"{SETTINGS}/outputFolder", path)
 
-    def workerOptions(self):
-        return {
-            "bundlePath": self.ui.bundlePathLineEdit.currentPath,
-            "externalPython": self.ui.externalPythonPathLineEdit.currentPath
-            if self.ui.pythonComboBox.currentIndex == 1 else "",
-            "device": DEVICES[self.ui.deviceComboBox.currentIndex],
-        }
-
     def onInstall(self):
         try:
             bundleRoot = self.logic.resolveBundle(self.ui.bundlePathLineEdit.currentPath)
@@ -251,10 +242,11 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         def done(result):
             self.logic.setProbability(volume, result["prob"])
             self.updateMask()
-            return f"Segmented on {result['device']} in {result['seconds']:.2f} s (network runs: {result['forward_count']})."
+            runs = result["forward_count"]
+            return f"Segmented on {result['device']} in {result['seconds']:.2f} s (network runs so far: {runs})."
 
         self.runInBackground(
-            "Segmenting...", lambda: self.logic.startSegmentation(volume, **self.workerOptions()), done
+            "Segmenting...", lambda: self.logic.startSegmentation(volume, **self.logic.savedWorkerOptions()), done
         )
         segmentation.CreateDefaultDisplayNodes()
 
@@ -338,7 +330,9 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             return f"Segmented {len(result['written'])} photos; {len(result['failures'])} failed (see the log)."
 
         self.runInBackground(
-            "Segmenting the folder...", lambda: self.logic.startBatch(source, folder, **self.workerOptions()), done
+            "Segmenting the folder...",
+            lambda: self.logic.startBatch(source, folder, **self.logic.savedWorkerOptions()),
+            done,
         )
 
 
@@ -369,6 +363,17 @@ class SkinLesionSegmentationLogic(ScriptedLoadableModuleLogic):
         return root if bundles.is_bundle_folder(root) else ""
 
     @staticmethod
+    def savedWorkerOptions():
+        """Bundle, Python and device as last chosen in the module (stored in Slicer's settings)."""
+        settings = qt.QSettings()
+        external = int(settings.value(f"{SETTINGS}/pythonChoice", 0)) == 1
+        return {
+            "bundlePath": settings.value(f"{SETTINGS}/bundle", SkinLesionSegmentationLogic.defaultBundlePath()),
+            "externalPython": settings.value(f"{SETTINGS}/externalPython", "") if external else "",
+            "device": DEVICES[int(settings.value(f"{SETTINGS}/device", 0))],
+        }
+
+    @staticmethod
     def resolveBundle(path):
         """A bundle folder, or a bundle zip unpacked (safely, once) into Slicer's cache folder."""
         if not path:
@@ -385,7 +390,9 @@ class SkinLesionSegmentationLogic(ScriptedLoadableModuleLogic):
         try:
             import PyTorchUtils
         except ModuleNotFoundError:
-            raise WorkerError("Install the PyTorch extension from the Extensions Manager, restart Slicer, try again.")
+            raise WorkerError(
+                "Install the PyTorch extension from the Extensions Manager, restart Slicer, try again."
+            ) from None
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=askConfirmation) is None:
             raise WorkerError("PyTorch was not installed; the module cannot run the bundle in Slicer's Python.")
@@ -495,7 +502,9 @@ class SkinLesionSegmentationLogic(ScriptedLoadableModuleLogic):
         photo = imaging.photo_from_volume_array(slicer.util.arrayFromVolume(volumeNode))
         box = imaging.box_from_ras_bounds(bounds, self.rasToIjk(volumeNode), photo.shape[:2])
         client, probability = self.client, self._probability[volumeNode.GetID()]
-        return client.submit(imaging.refine_in_region, photo, probability, box, lambda crop: client.segment(crop)["prob"])
+        return client.submit(
+            imaging.refine_in_region, photo, probability, box, lambda crop: client.segment(crop)["prob"]
+        )
 
     def lesionMask(self, segmentationNode, volumeNode):
         segmentId = self.segmentId(segmentationNode, volumeNode)
@@ -561,9 +570,8 @@ class SkinLesionSegmentationTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.util.arrayFromVolume(volume).shape, (1, 120, 160, 3))
 
         logic = SkinLesionSegmentationLogic()
-        bundlePath = qt.QSettings().value(f"{SETTINGS}/bundle", logic.defaultBundlePath())
-        try:
-            answer = logic.startSegmentation(volume, bundlePath, device="cpu").result(timeout=600)
+        try:  # with the bundle and Python chosen in the module
+            answer = logic.startSegmentation(volume, **logic.savedWorkerOptions()).result(timeout=600)
             self.assertEqual(answer["prob"].shape, (120, 160))
             logic.setProbability(volume, answer["prob"])
             segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")

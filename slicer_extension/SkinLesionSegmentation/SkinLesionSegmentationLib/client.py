@@ -17,8 +17,8 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -122,14 +122,33 @@ class WorkerClient:
             self._cancelled = False
             self._ready.clear()
             self._token = protocol.new_token()
-            command = [*self.python, str(WORKER_SCRIPT), "--bundle", self.bundle_root, "--device", self.device,
-                       "--overrides", json.dumps(self.overrides)]
-            options = {"start_new_session": True} if os.name == "posix" else {
-                "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+            command = [
+                *self.python,
+                str(WORKER_SCRIPT),
+                "--bundle",
+                self.bundle_root,
+                "--device",
+                self.device,
+                "--overrides",
+                json.dumps(self.overrides),
+            ]
+            options = (
+                {"start_new_session": True}
+                if os.name == "posix"
+                else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+            )
             try:
                 process = subprocess.Popen(
-                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                    encoding="utf-8", errors="replace", bufsize=1, env={**self.env, "PYTHONUNBUFFERED": "1"}, **options,
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    encoding="utf-8",
+                    errors="replace",
+                    bufsize=1,
+                    env={**self.env, "PYTHONUNBUFFERED": "1"},
+                    **options,
                 )
             except OSError as err:
                 raise WorkerStartError(f"cannot run the worker with {self.python[0]}: {err.strerror or err}") from None
@@ -162,7 +181,7 @@ class WorkerClient:
         for line in process.stdout:
             line = line.rstrip("\n")
             if line.startswith(protocol.READY_PREFIX):
-                self.info = json.loads(line[len(protocol.READY_PREFIX):])
+                self.info = json.loads(line[len(protocol.READY_PREFIX) :])
                 self._ready.set()
                 continue
             self._emit(line)
@@ -176,7 +195,7 @@ class WorkerClient:
         """The worker's own error line, else the last line that is not progress or log (a traceback's end)."""
         for line in reversed(self.lines):
             if line.startswith("ERROR "):
-                return line[len("ERROR "):]
+                return line[len("ERROR ") :]
         for line in reversed(self.lines):
             if line.strip() and not line.startswith(("PROGRESS ", "INFO ", "WARNING ", "the previous worker")):
                 return line.strip()
@@ -270,4 +289,3 @@ class WorkerClient:
     def submit(self, function: Callable, *args, **kwargs) -> concurrent.futures.Future:
         """Run ``function(*args, **kwargs)`` (e.g. ``self.segment``) on the client's background thread."""
         return self._executor.submit(function, *args, **kwargs)
-

@@ -8,8 +8,8 @@ and never gets transposed or flipped. Pixel positions here are (row, column).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -141,8 +141,10 @@ def grow_box(box: PixelBox, fraction: float, shape: Sequence[int]) -> PixelBox:
     """``box`` enlarged by ``fraction`` of its size on every side, clipped to the photo."""
     pad_r, pad_c = (int(round(n * fraction)) for n in box.shape)
     return PixelBox(
-        max(box.row0 - pad_r, 0), min(box.row1 + pad_r, int(shape[0])),
-        max(box.col0 - pad_c, 0), min(box.col1 + pad_c, int(shape[1])),
+        max(box.row0 - pad_r, 0),
+        min(box.row1 + pad_r, int(shape[0])),
+        max(box.col0 - pad_c, 0),
+        min(box.col1 + pad_c, int(shape[1])),
     )
 
 

@@ -37,7 +37,10 @@ def _crossings(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     field = ndimage.gaussian_filter(mask.astype(np.float32), SMOOTHING_SIGMA_PX, mode="constant", truncate=3.0)
     inside = field > 0.5
     edges = (  # (start corner, end corner) offsets of each cell edge
-        ((0, 0), (0, 1)), ((0, 1), (1, 1)), ((1, 0), (1, 1)), ((0, 0), (1, 0)),
+        ((0, 0), (0, 1)),
+        ((0, 1), (1, 1)),
+        ((1, 0), (1, 1)),
+        ((0, 0), (1, 0)),
     )
     height, width = field.shape[0] - 1, field.shape[1] - 1
 

@@ -45,7 +45,9 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
 
 def send_message(sock: socket.socket, header: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
     arrays = {name: np.ascontiguousarray(value) for name, value in (arrays or {}).items()}
-    header = dict(header, arrays=[{"name": n, "dtype": a.dtype.name, "shape": list(a.shape)} for n, a in arrays.items()])
+    header = dict(
+        header, arrays=[{"name": n, "dtype": a.dtype.name, "shape": list(a.shape)} for n, a in arrays.items()]
+    )
     encoded = json.dumps(header).encode("utf-8")
     sock.sendall(_LENGTH.pack(len(encoded)) + encoded)
     for value in arrays.values():

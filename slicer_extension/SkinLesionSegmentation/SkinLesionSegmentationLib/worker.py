@@ -123,6 +123,7 @@ class BundleModel:
         Photos are listed and read by the bundle's own functions; a photo that fails is reported and skipped.
         """
         import numpy as np
+
         from bundle.data import file_stem, list_images
         from bundle.transforms import read_photo
 
