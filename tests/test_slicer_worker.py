@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 import zipfile
@@ -27,7 +28,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "slicer_extension" / "SkinLesionSegmentation"))
 
 from SkinLesionSegmentationLib import imaging, measurements, protocol, results  # noqa: E402
-from SkinLesionSegmentationLib.client import WorkerCancelled, WorkerClient, WorkerDied, WorkerError  # noqa: E402
+from SkinLesionSegmentationLib.client import (  # noqa: E402
+    WorkerCancelled,
+    WorkerClient,
+    WorkerDied,
+    WorkerError,
+    kill_process_tree,
+)
 
 RED_IS_LESION = {
     "network_def": {"_target_": "tests.nets.RedIsLesion"},
@@ -296,8 +303,25 @@ def launcher(tmp_path) -> Path:
     return script
 
 
+def test_kill_process_tree_ends_what_a_launcher_started(launcher):
+    # The worker also exits when its standard input closes; this checks the tree kill alone, for a worker too busy
+    # (or too stuck) to notice.
+    process = subprocess.Popen(
+        [str(launcher), "-c", "import time; time.sleep(600)"], stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 30
+    while len(tree := process_tree(process.pid)) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    kill_process_tree(process)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in tree if alive(pid)] and process.returncode is not None
+
+
 @pytest.mark.slow
-def test_cancel_and_kill_end_the_whole_worker_tree_with_one_clear_error(tmp_path, launcher):
+def test_cancel_kill_and_closing_slicer_end_the_whole_worker_tree(tmp_path, launcher):
     photos = tmp_path / "photos"
     photos.mkdir()
     photo, _ = corner_photo((700, 900))
@@ -306,21 +330,24 @@ def test_cancel_and_kill_end_the_whole_worker_tree_with_one_clear_error(tmp_path
         shutil.copy(photos / "photo000.png", photos / f"photo{index:03d}.png")
     client = WorkerClient(launcher, REPO, device="cpu", overrides=RED_IS_LESION, env=dict(os.environ))
     try:
-        for how in ("cancel", "kill"):
+        for how in ("cancel", "kill", "Slicer gone"):
             info = client.start()
             group = client.pid  # the launcher leads the worker's process group
             tree = process_tree(group)
             assert client.pid in tree and info["pid"] in tree and len(tree) >= 2  # launcher + interpreter
-            future = client.submit(client.batch, photos, tmp_path / f"out-{how}")
-            deadline = time.monotonic() + 120
-            while not any(line.startswith("PROGRESS 2/") for line in list(client.lines)):
-                assert time.monotonic() < deadline and not future.done()
-                time.sleep(0.02)
+            if how == "Slicer gone":  # Slicer crashed: only the worker's standard input closes
+                client._process.stdin.close()
+            else:
+                future = client.submit(client.batch, photos, tmp_path / f"out-{how}")
+                deadline = time.monotonic() + 120
+                while not any(line.startswith("PROGRESS 2/") for line in list(client.lines)):
+                    assert time.monotonic() < deadline and not future.done()
+                    time.sleep(0.02)
             if how == "cancel":
                 client.cancel()
                 with pytest.raises(WorkerCancelled, match="^cancelled; the worker was stopped$"):
                     future.result(timeout=60)
-            else:
+            elif how == "kill":
                 os.kill(info["pid"], signal.SIGKILL)  # the interpreter, not the launcher
                 with pytest.raises(WorkerDied) as died:
                     future.result(timeout=60)

@@ -45,15 +45,19 @@ class WorkerDied(WorkerError):
 
 
 def kill_process_tree(process: subprocess.Popen) -> None:
-    """End ``process`` and everything it started, and reap it."""
-    if process.poll() is None or os.name == "posix":
-        if os.name == "nt":
+    """End ``process`` and everything it started, and reap it.
+
+    On POSIX the process leads its own process group (``start_new_session``), so the whole group is killed; while
+    any member lives, the group's ID cannot be given to another process. On Windows ``taskkill /T`` ends the tree.
+    """
+    if os.name == "nt":
+        if process.poll() is None:
             subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
-        else:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)  # the group outlives a launcher that already exited
-            except (ProcessLookupError, PermissionError):
-                pass
+    else:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # also when a launcher already exited and left its child
+        except (ProcessLookupError, PermissionError):
+            pass
     process.wait()
 
 
