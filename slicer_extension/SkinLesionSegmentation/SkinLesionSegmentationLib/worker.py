@@ -86,8 +86,9 @@ class BundleModel:
 
         try:
             output = self.segmenter.segment_array(photo)
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
-            if self.device == "cpu":
+        except RuntimeError as err:  # torch.cuda.OutOfMemoryError is one
+            gpu_failure = isinstance(err, torch.cuda.OutOfMemoryError) or "CUDA" in str(err) or "cuDNN" in str(err)
+            if self.device == "cpu" or not gpu_failure:
                 raise
             self._fall_back(err)
             output = self.segmenter.segment_array(photo)
@@ -125,6 +126,7 @@ class BundleModel:
         import numpy as np
 
         from bundle.data import file_stem, list_images
+        from bundle.inference import describe_error
         from bundle.transforms import read_photo
 
         items = list_images(input_path)
@@ -139,8 +141,7 @@ class BundleModel:
                 written.append([source, str(png), str(seg)])
                 print(f"PROGRESS {index}/{len(items)} {source}", flush=True)
             except Exception as err:  # noqa: BLE001 - one line per photo, the others go on
-                reason = one_line(err)
-                reason = reason if source in reason else f"{source}: {reason}"
+                reason = describe_error(source, err)
                 failures.append([source, reason])
                 print(f"PROGRESS {index}/{len(items)} ERROR {reason}", flush=True)
         return {"written": written, "failures": failures}
