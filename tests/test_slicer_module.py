@@ -35,16 +35,26 @@ def test_every_widget_the_module_uses_is_in_the_ui_file():
     assert sorted(used - ui_widget_names()) == []
 
 
-def test_ui_parameter_names_are_fields_of_the_parameter_node():
+# Widget classes Slicer's parameterNodeWrapper can bind (slicer/parameterNodeWrapper/guiConnectors.py): floats to
+# QDoubleSpinBox or ctkSliderWidget (exact classes), MRML nodes to qMRMLNodeComboBox.
+BINDABLE = {"float": {"QDoubleSpinBox", "ctkSliderWidget"}, "node": {"qMRMLNodeComboBox"}}
+
+
+def test_ui_parameter_names_are_fields_of_the_parameter_node_on_bindable_widgets():
     tree = ast.parse(MODULE_FILE.read_text())
     (node_class,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("ParameterNode")]
-    fields = {n.target.id for n in node_class.body if isinstance(n, ast.AnnAssign)}
-    bound = set()
+    fields = {
+        n.target.id: "float" if "float" in ast.unparse(n.annotation) else "node"
+        for n in node_class.body
+        if isinstance(n, ast.AnnAssign)
+    }
+    bound = {}
     for widget in ET.parse(UI_FILE).getroot().iter("widget"):
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
-                bound.add(prop.find("string").text)
-    assert bound == fields
+                bound[prop.find("string").text] = widget.get("class")
+    assert set(bound) == set(fields)
+    assert all(bound[name] in BINDABLE[kind] for name, kind in fields.items()), bound
 
 
 def test_mrml_widgets_get_the_scene():
