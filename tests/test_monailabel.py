@@ -1,0 +1,171 @@
+"""The exported bundle served by MONAI Label's stock ``monaibundle`` app, driven over HTTP the way 3D Slicer's
+MONAI Label module drives it: info, inference with the module's parameters, label upload, training, inference again.
+
+Needs the MONAI Label venv (``scripts/setup_monailabel_venv.sh``; ``.ci/run`` builds it) and the real ISIC photos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .monailabel_server import MonaiLabelServer, can_isolate_network, missing_venv_reason
+from .small_bundle import SMALL_NETWORK, export_zip, small_bundle
+
+pytestmark = pytest.mark.slow
+
+NAME = "rfe_unet_skin_lesion"
+PHOTOS = ("ISIC_0001769", "ISIC_0001852", "ISIC_0003462")  # datastore order: the last one is validation
+SLICER_INFER_PARAMS = {"result_extension": ".nrrd", "result_dtype": "uint8", "result_compress": False}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, isic_val):
+    reason = missing_venv_reason()
+    if reason:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("monailabel")
+    zip_path = export_zip(small_bundle(base / "bundle"), base / "dist")
+    studies = base / "studies"
+    studies.mkdir()
+    for stem in PHOTOS:
+        shutil.copy(isic_val / "images" / f"{stem}.jpg", studies)
+    served = MonaiLabelServer(zip_path, studies, base / "apps", isolate_network=can_isolate_network())
+    served.start()
+    yield served
+    assert served.stop() == [], "processes left behind"
+
+
+def _infer(server: MonaiLabelServer, image: str) -> np.ndarray:
+    """POST /infer like Slicer's module; return the label as a numpy (H, W) array, checking the file's geometry."""
+    import nrrd
+
+    reply = server.request("POST", server.query(f"/infer/{NAME}", image=image),
+                           fields={"params": json.dumps(SLICER_INFER_PARAMS)})
+    assert reply.status == 200, f"{reply.body[:2000]!r}\n{server.log_tail()}"
+    parts = reply.parts()
+    assert json.loads(parts["params"][1])["label_names"] == {"lesion": 1}
+    filename, content = parts["image"]
+    assert filename.endswith(".nrrd")
+    path = server.apps_dir / "reply.nrrd"
+    path.write_bytes(content)
+    label, header = nrrd.read(str(path), index_order="C")
+    width, height = Image.open(server.studies / f"{image}.jpg").size
+    assert header["dimension"] == 2 and list(header["sizes"]) == [width, height]  # 2D, the photo's own size
+    assert np.array_equal(header.get("space directions", np.eye(2)), np.eye(2))
+    assert np.array_equal(header.get("space origin", np.zeros(2)), np.zeros(2))
+    assert label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1}
+    return label
+
+
+def _bundle_dir(server: MonaiLabelServer) -> Path:
+    """Where the serve script installed the bundle in the app."""
+    return server.apps_dir / "monaibundle" / "model" / NAME
+
+
+def _bundle_inference(bundle_dir: Path, photo: Path, output_dir: Path) -> np.ndarray:
+    """The bundle's own inference (its configs/inference.json and checkpoint) on ``photo``, as an (H, W) 0/1 array."""
+    from bundle.inference import LesionSegmenter
+
+    result = LesionSegmenter(bundle_root=bundle_dir, overrides={"output_dir": str(output_dir)}).segment(photo)
+    return (np.asarray(Image.open(result["pred_path"])) > 0).astype(np.uint8)
+
+
+def test_info_lists_the_2d_lesion_model(server):
+    info = server.json("GET", "/info/")
+    model = info["models"][NAME]
+    assert model["dimension"] == 2
+    assert model["labels"] == {"lesion": 1} and info["labels"] == ["lesion"]
+    assert NAME in info["trainers"]
+    assert not [name for name in info["models"] if name.startswith("sam")]
+
+
+def test_server_listens_only_on_loopback_and_has_no_network(server):
+    assert server.listening_addresses() == {("127.0.0.1", server.port)}
+    if not server.isolate_network:
+        pytest.skip("unshare --net is not permitted here, so the server could not be started without a network")
+    interfaces = [line.split(":")[0].strip() for line in
+                  Path(f"/proc/{server.process.pid}/net/dev").read_text().splitlines()[2:]]
+    assert interfaces == ["lo"]  # it started, and answers, with nothing but loopback
+
+
+def test_infer_returns_the_photo_sized_label_of_the_bundle(server, tmp_path):
+    for stem in PHOTOS[:2]:
+        label = _infer(server, stem)
+        expected = _bundle_inference(_bundle_dir(server), server.studies / f"{stem}.jpg", tmp_path)
+        assert 0.02 < expected.mean() < 0.98, "a mask of one class would make this comparison meaningless"
+        assert not np.array_equal(expected, expected[::-1]) and not np.array_equal(expected, expected[:, ::-1])
+        assert np.array_equal(label, expected), stem  # same pixels, same orientation as the photo
+
+
+def test_slicer_and_png_labels_train_one_epoch_and_inference_still_works(server):
+    import nibabel as nib
+
+    from bundle.checkpoint import network_settings
+
+    first, *others = PHOTOS
+    source = Path(server.studies).parent / "masks"
+    source.mkdir(exist_ok=True)
+    # Slicer's module saves the labelmap as .nii.gz of shape (W, H, 1) with affine diag(-1, -1, 1)
+    mask_hw = np.asarray(Image.open(_isic_mask(first))) > 127
+    volume = nib.Nifti1Image(mask_hw.T[..., None].astype(np.uint8), np.diag([-1.0, -1.0, 1.0, 1.0]))
+    nib.save(volume, source / f"{first}.nii.gz")
+    uploads = {first: source / f"{first}.nii.gz"}
+    for stem in others:  # plain 0/255 PNG masks
+        uploads[stem] = _isic_mask(stem)
+    for stem, path in uploads.items():
+        reply = server.json("PUT", server.query("/datastore/label", image=stem), fields={"params": "{}"},
+                            files={"label": (path.name, path.read_bytes())})
+        assert reply == {"image": stem, "label": stem}
+    saved = sorted(p.name for p in (server.studies / "labels" / "final").iterdir())
+    assert saved == [f"{first}.nii.gz", *(f"{s}.png" for s in others)]
+
+    checkpoint = _bundle_dir(server) / "models" / "model.pt"
+    before = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    # the parameters Slicer's module sends: the trainer's options as /info/ offers them, one epoch
+    options = server.json("GET", "/info/")["trainers"][NAME]["config"]
+    params = {key: value[0] if isinstance(value, list) else value for key, value in options.items()}
+    params["max_epochs"] = 1
+    task = server.json("POST", f"/train/{NAME}", json_body=params)
+    assert task["status"] in ("SUBMITTED", "RUNNING", "DONE")
+    status = _wait_for_training(server)
+    assert status["status"] == "DONE", json.dumps(status)[-4000:] + server.log_tail()
+    log = server.log_tail(200_000)
+    assert "Total Records for Training: 2" in log and "Total Records for Validation: 1" in log
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() != before
+    trained = network_settings(checkpoint)
+    assert (trained["backbone"], trained["image_size"]) == (SMALL_NETWORK["backbone"], SMALL_NETWORK["image_size"])
+
+    label = _infer(server, first)  # the new weights are picked up and still give a photo-sized 2D label
+    assert label.shape == np.asarray(Image.open(server.studies / f"{first}.jpg")).shape[:2]
+
+
+def test_stopping_leaves_no_process(server):
+    pids = server.group_pids()
+    assert server.process.pid in pids
+    assert server.stop() == []
+    assert server.process.returncode is not None
+
+
+def _isic_mask(stem: str) -> Path:
+    from .conftest import ISIC_VAL
+
+    return ISIC_VAL / "masks" / f"{stem}.png"
+
+
+def _wait_for_training(server: MonaiLabelServer, timeout: float = 600.0) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = server.json("GET", server.query("/train/", check_if_running="false"))
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            return status
+        time.sleep(2.0)
+    raise AssertionError(f"training did not finish within {timeout:.0f} s:\n{server.log_tail()}")
