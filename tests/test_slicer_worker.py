@@ -17,7 +17,6 @@ import struct
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +111,18 @@ def in_process_group(pgid: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def worker():
-    client = WorkerClient(sys.executable, REPO, device="cpu", overrides=RED_IS_LESION, env=dict(os.environ))
+def launcher(tmp_path_factory) -> Path:
+    """A Python 'launcher' that runs the interpreter as a child, as Slicer's PythonSlicer does."""
+    script = tmp_path_factory.mktemp("launcher") / "python-launcher"
+    script.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+@pytest.fixture(scope="module")
+def worker(launcher):
+    """One worker for the module's tests, started through the launcher; a test that ends it gets a new one."""
+    client = WorkerClient(launcher, REPO, device="cpu", overrides=RED_IS_LESION, env=dict(os.environ))
     client.start()
     yield client
     client.close()
@@ -294,15 +303,6 @@ def test_worker_listens_on_loopback_and_refuses_requests_without_the_token(worke
     assert iou(worker.segment(photo)["pred"], lesion) > 0.9  # the worker is unharmed
 
 
-@pytest.fixture
-def launcher(tmp_path) -> Path:
-    """A Python 'launcher' that runs the interpreter as a child, as Slicer's PythonSlicer does."""
-    script = tmp_path / "python-launcher"
-    script.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\n')
-    script.chmod(0o755)
-    return script
-
-
 def test_kill_process_tree_ends_what_a_launcher_started(launcher):
     # The worker also exits when its standard input closes; this checks the tree kill alone, for a worker too busy
     # (or too stuck) to notice.
@@ -321,7 +321,7 @@ def test_kill_process_tree_ends_what_a_launcher_started(launcher):
 
 
 @pytest.mark.slow
-def test_cancel_kill_and_closing_slicer_end_the_whole_worker_tree(tmp_path, launcher):
+def test_cancel_and_kill_end_the_whole_worker_tree_with_one_clear_error(tmp_path, launcher):
     photos = tmp_path / "photos"
     photos.mkdir()
     photo, _ = corner_photo((700, 900))
@@ -330,24 +330,21 @@ def test_cancel_kill_and_closing_slicer_end_the_whole_worker_tree(tmp_path, laun
         shutil.copy(photos / "photo000.png", photos / f"photo{index:03d}.png")
     client = WorkerClient(launcher, REPO, device="cpu", overrides=RED_IS_LESION, env=dict(os.environ))
     try:
-        for how in ("cancel", "kill", "Slicer gone"):
+        for how in ("cancel", "kill"):
             info = client.start()
             group = client.pid  # the launcher leads the worker's process group
             tree = process_tree(group)
             assert client.pid in tree and info["pid"] in tree and len(tree) >= 2  # launcher + interpreter
-            if how == "Slicer gone":  # Slicer crashed: only the worker's standard input closes
-                client._process.stdin.close()
-            else:
-                future = client.submit(client.batch, photos, tmp_path / f"out-{how}")
-                deadline = time.monotonic() + 120
-                while not any(line.startswith("PROGRESS 2/") for line in list(client.lines)):
-                    assert time.monotonic() < deadline and not future.done()
-                    time.sleep(0.02)
+            future = client.submit(client.batch, photos, tmp_path / f"out-{how}")
+            deadline = time.monotonic() + 120
+            while not any(line.startswith("PROGRESS 2/") for line in list(client.lines)):
+                assert time.monotonic() < deadline and not future.done()
+                time.sleep(0.02)
             if how == "cancel":
                 client.cancel()
                 with pytest.raises(WorkerCancelled, match="^cancelled; the worker was stopped$"):
                     future.result(timeout=60)
-            elif how == "kill":
+            else:
                 os.kill(info["pid"], signal.SIGKILL)  # the interpreter, not the launcher
                 with pytest.raises(WorkerDied) as died:
                     future.result(timeout=60)
@@ -380,20 +377,14 @@ def test_a_python_without_the_project_gives_one_line(tmp_path):
     missing.close()
 
 
-def bundle_zip(path: Path) -> Path:
-    """The repository's bundle as an exported zip would hold it: configs, code, and the demo weights if any."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for pattern in ("configs/*.json", "configs/*.conf", "bundle/**/*.py", "models/demo/*"):
-            for file in sorted(REPO.glob(pattern)):
-                archive.write(file, Path("skin_lesion_bundle") / file.relative_to(REPO))
-    return path
-
-
 @pytest.mark.slow
-def test_zip_bundle_gpu_fallback_and_warm_request(tmp_path, capsys):
+def test_exported_bundle_zip_gpu_fallback_and_warm_request(tmp_path, capsys):
     from SkinLesionSegmentationLib.bundles import resolve_bundle
 
-    root = resolve_bundle(bundle_zip(tmp_path / "skin_lesion_bundle.zip"), tmp_path / "cache")
+    from .small_bundle import SMALL_NETWORK, export_zip, small_bundle
+
+    exported = export_zip(small_bundle(tmp_path / "bundle"), tmp_path / "dist")  # as scripts/export_bundle.py makes it
+    root = resolve_bundle(exported, tmp_path / "cache")
     photo, _ = corner_photo((480, 640))
     client = WorkerClient(sys.executable, root, device="cuda", env=dict(os.environ))
     try:
@@ -401,6 +392,7 @@ def test_zip_bundle_gpu_fallback_and_warm_request(tmp_path, capsys):
         info = client.start()
         ready = time.perf_counter() - started
         assert info["bundle_code"] == str(root / "bundle")  # the zip's own code runs, not the installed copy
+        assert info["has_weights"] and info["segment_name"] == "Skin lesion"
         if info["device"] == "cpu":
             assert info["fallback"].startswith("GPU not usable (")
         timings = []
@@ -411,10 +403,24 @@ def test_zip_bundle_gpu_fallback_and_warm_request(tmp_path, capsys):
         assert answer["pred"].shape == (480, 640) and answer["forward_count"] == 3
         with capsys.disabled():
             print(
-                f"\n[slicer worker, {info['device']}, {'trained' if info['has_weights'] else 'random'} weights, "
-                f"480x640 photo] start to ready {ready:.2f} s; request 1 {timings[0][0]:.3f} s "
+                f"\n[slicer worker, {info['device']}, exported bundle with a {SMALL_NETWORK} checkpoint, 480x640 "
+                f"photo] start to ready {ready:.2f} s; request 1 {timings[0][0]:.3f} s "
                 f"(worker {timings[0][1]:.3f} s); request 2 {timings[1][0]:.3f} s (worker {timings[1][1]:.3f} s); "
                 f"request 3 {timings[2][0]:.3f} s"
             )
     finally:
         client.close()
+
+
+def test_closing_slicer_ends_the_worker_tree(worker):
+    # Slicer crashed: nothing is sent, only the worker's standard input closes. (Last in the module: a later test
+    # would get a new worker, as the cancel test's second round does.)
+    worker.start()
+    group, tree = worker.pid, process_tree(worker.pid)
+    assert len(tree) >= 2  # launcher + interpreter
+    worker._process.stdin.close()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in tree if alive(pid)] and not in_process_group(group)
+    assert not worker.running

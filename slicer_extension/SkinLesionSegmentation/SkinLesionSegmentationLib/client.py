@@ -179,6 +179,8 @@ class WorkerClient:
             except OSError as err:
                 self._kill()
                 raise WorkerStartError(f"cannot connect to the worker: {err}") from None
+            # The first request authenticates the connection at once; the worker drops connections that stay silent.
+            self.info = {**self.info, **self._exchange("info", {}, {})[0]}
             return self.info
 
     def _read_output(self, process: subprocess.Popen) -> None:
