@@ -40,8 +40,8 @@ def photo_from_volume_array(array: np.ndarray) -> np.ndarray:
     values = array.astype(np.float64)
     if np.issubdtype(array.dtype, np.floating) and values.max(initial=0.0) <= 1.0:
         values = values * 255.0
-    elif np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize > 1 and values.max(initial=0) > 255:
-        values = values * (255.0 / np.iinfo(array.dtype).max)
+    elif np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize > 1:
+        values = values * (255.0 / np.iinfo(array.dtype).max)  # as the bundle reads 16-bit files: by bit depth
     return np.ascontiguousarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
 
 
