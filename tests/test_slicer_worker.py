@@ -375,6 +375,8 @@ def test_a_python_without_the_project_gives_one_line(tmp_path):
         missing.start()
     client.close()
     missing.close()
+    with pytest.raises(WorkerError, match="^the worker client was closed$"):
+        client.start()  # Slicer is closing: queued work must not start a worker again
 
 
 @pytest.mark.slow

@@ -100,6 +100,7 @@ class WorkerClient:
         self._ready = threading.Event()
         self._cancelled = False
         self._busy = False
+        self._closed = False
         self._lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="skin-lesion")
 
@@ -116,6 +117,8 @@ class WorkerClient:
     def start(self) -> dict:
         """Start the worker if it is not running and wait until it has loaded the bundle; returns its info."""
         with self._lock:
+            if self._closed:
+                raise WorkerError("the worker client was closed")
             if self.running:
                 return self.info
             self.lines.clear()
@@ -246,6 +249,8 @@ class WorkerClient:
 
     def close(self) -> None:
         """Stop the worker and the background thread (Slicer closing); the client cannot be used afterwards."""
+        self._closed = True  # queued work must not start a new worker
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self.stop()
         self._executor.shutdown(wait=True)
 
