@@ -3,11 +3,31 @@
 The configs import this package as ``$import bundle`` and refer to ``bundle.<module>.<name>`` (MONAI's config
 parser binds ``import a.b`` to the name ``a.b``, not ``a``). Submodules load on first use, so the data tools
 start without importing torch.
+
+All loggers are named after their module (``bundle.*``). The package logger has a ``NullHandler``, as a library's
+should: a host that configures no logging (a Slicer worker, a MONAI Label app) gets no stray output from it.
 """
 
 import importlib
+import logging
 
-_SUBMODULES = ("config", "data", "evaluation", "inference", "losses", "metrics", "networks", "transforms")
+_SUBMODULES = (
+    "checkpoint",
+    "cli",
+    "config",
+    "data",
+    "errors",
+    "evaluation",
+    "files",
+    "images",
+    "inference",
+    "losses",
+    "metrics",
+    "networks",
+    "transforms",
+)
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str):

@@ -1,20 +1,32 @@
-"""Reading command-line overrides the way users type them.
+"""Checking configuration values as users type them on the command line.
 
 ``python -m monai.bundle run --resume false`` hands the config the *string* "false" (only ``False`` is parsed as
-a Python literal), and a non-empty string is true. Every yes/no key of the configs goes through :func:`flag`.
+a Python literal), and a non-empty string is true: every yes/no key of the configs goes through :func:`flag`.
+Option words go through :func:`choice`, counts and sizes through :func:`at_least` and :func:`image_size`, so a
+wrong value is one :class:`~bundle.errors.ConfigError` naming the key, before any work starts.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+from numbers import Integral, Real
+
+from bundle.errors import ConfigError
+
+__all__ = ["at_least", "choice", "flag", "image_size", "suggestion"]
+
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0", "none", "")
+# the networks halve the image five times
+SIZE_MULTIPLE = 32
 
 
 def flag(value: object, name: str = "option") -> bool:
     """``value`` as a bool: booleans and numbers as Python reads them, strings by their (case-insensitive) word.
 
     Raises:
-        ValueError: for a string that is not one of true/yes/on/1 or false/no/off/0/none/"".
+        ConfigError: for a string that is not one of true/yes/on/1 or false/no/off/0/none/"".
     """
     if isinstance(value, str):
         word = value.strip().lower()
@@ -22,5 +34,53 @@ def flag(value: object, name: str = "option") -> bool:
             return True
         if word in _FALSE:
             return False
-        raise ValueError(f"{name}: {value!r} is not a yes/no value (use true or false)")
+        raise ConfigError(f"{name}: {value!r} is not a yes/no value (use true or false)")
     return bool(value)
+
+
+def suggestion(word: str, options: Iterable[str]) -> str:
+    """``"; did you mean X?"`` for the closest of ``options``, or an empty string."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def choice(value: object, options: Iterable[str], name: str = "option") -> str:
+    """``value`` if it is one of ``options``.
+
+    Raises:
+        ConfigError: naming the key, the value, the options and the closest one.
+    """
+    options = tuple(options)
+    if value not in options:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(options)}{suggestion(str(value), options)}")
+    return str(value)
+
+
+def at_least(value: object, minimum: float, name: str = "option", integer: bool = True) -> int | float:
+    """``value`` as an int (or a float with ``integer=False``) if it is at least ``minimum``.
+
+    Raises:
+        ConfigError: for a value that is not a number of that kind, or is smaller.
+    """
+    kind = Integral if integer else Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{name}: {value!r} is not {'an integer' if integer else 'a number'}")
+    if value < minimum:
+        raise ConfigError(f"{name}: {value!r} is too small; it must be at least {minimum}")
+    return int(value) if integer else float(value)
+
+
+def image_size(value: object, name: str = "image_size") -> int:
+    """``value`` if it is a positive multiple of 32 (the network halves the image five times).
+
+    Raises:
+        ConfigError: otherwise, naming the nearest valid sizes.
+    """
+    size = at_least(value, SIZE_MULTIPLE, name)
+    if size % SIZE_MULTIPLE:
+        lower = size // SIZE_MULTIPLE * SIZE_MULTIPLE
+        raise ConfigError(
+            f"{name}: {size} is not a multiple of {SIZE_MULTIPLE} (the network halves it five times); "
+            f"use {lower} or {lower + SIZE_MULTIPLE}"
+        )
+    return size

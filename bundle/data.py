@@ -24,6 +24,7 @@ from numbers import Integral
 from pathlib import Path
 from typing import Any
 
+from bundle.errors import DataError
 from bundle.files import write_text_atomically
 
 __all__ = [
@@ -39,12 +40,15 @@ __all__ = [
     "has_extension",
     "load_datalist",
     "list_images",
+    "inference_inputs",
     "pair_images_masks",
     "datalist_from_folders",
     "write_datalist",
     "split_counts",
     "split_items",
     "kfold",
+    "original_files",
+    "worker_init",
 ]
 
 logger = logging.getLogger(__name__)
@@ -113,32 +117,32 @@ def load_datalist(
         becomes ``{"image": path}``.
 
     Raises:
-        ValueError: when the datalist is missing or not valid JSON, ``key`` is not in it, an entry is malformed, or
+        DataError: when the datalist is missing or not valid JSON, ``key`` is not in it, an entry is malformed, or
             files named by the entries do not exist (the message lists the first few).
     """
     root = Path(dataset_dir).expanduser() if dataset_dir else None
     if not datalist:
         if root is None:
-            raise ValueError("load_datalist needs a dataset_dir or a datalist file, got neither.")
+            raise DataError("load_datalist needs a dataset_dir or a datalist file, got neither.")
         if not (root / DATALIST_NAME).is_file():
             splits = datalist_from_folders(root)
             if key not in splits:
-                raise ValueError(f"no split {key!r} in the folders of {root}; it has {sorted(splits)}.")
+                raise DataError(f"no split {key!r} in the folders of {root}; it has {sorted(splits)}.")
             return splits[key]
         datalist = root / DATALIST_NAME
     datalist_path = Path(datalist).expanduser()
     if not datalist_path.is_file() and root is not None and not datalist_path.is_absolute():
         datalist_path = root / datalist_path
     if not datalist_path.is_file():
-        raise ValueError(f"datalist file {datalist_path} does not exist.")
+        raise DataError(f"datalist file {datalist_path} does not exist.")
     try:
         content = json.loads(datalist_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"datalist file {datalist_path} is not valid JSON: {error}.") from error
+        raise DataError(f"datalist file {datalist_path} is not valid JSON: {error}.") from error
     if not isinstance(content, dict):
-        raise ValueError(f"datalist file {datalist_path} holds a {type(content).__name__}, not an object of splits.")
+        raise DataError(f"datalist file {datalist_path} holds a {type(content).__name__}, not an object of splits.")
     if key not in content:
-        raise ValueError(f"datalist file {datalist_path} has no key {key!r}; its keys are {sorted(content)}.")
+        raise DataError(f"datalist file {datalist_path} has no key {key!r}; its keys are {sorted(content)}.")
     base = root.resolve() if root is not None else datalist_path.resolve().parent
     items = [_absolute_item(entry, base, datalist_path, key) for entry in content[key]]
     _check_files_exist(items, f"datalist file {datalist_path}, split {key!r}")
@@ -149,7 +153,7 @@ def _absolute_item(entry: Any, base: Path, source: Path, key: str) -> dict[str, 
     if isinstance(entry, str):
         entry = {"image": entry}
     if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-        raise ValueError(f'datalist file {source}, split {key!r}: entry {entry!r} has no "image" path.')
+        raise DataError(f'datalist file {source}, split {key!r}: entry {entry!r} has no "image" path.')
     return {k: _resolve(v, base) if k in PATH_KEYS and isinstance(v, str) else v for k, v in entry.items()}
 
 
@@ -159,7 +163,7 @@ def _check_files_exist(items: Sequence[Mapping[str, Any]], source: str) -> None:
     if missing:
         listed = ", ".join(missing[:_MAX_LISTED_MISSING])
         more = f" and {len(missing) - _MAX_LISTED_MISSING} more" if len(missing) > _MAX_LISTED_MISSING else ""
-        raise ValueError(f"{source}: {len(missing)} listed file(s) do not exist: {listed}{more}.")
+        raise DataError(f"{source}: {len(missing)} listed file(s) do not exist: {listed}{more}.")
 
 
 def list_images(path: str | os.PathLike, key: str = "test") -> list[dict[str, str]]:
@@ -179,7 +183,7 @@ def list_images(path: str | os.PathLike, key: str = "test") -> list[dict[str, st
         ``[{"image": absolute_path}, ...]``.
 
     Raises:
-        ValueError: when ``path`` does not exist, is a file of another type, or a folder without images.
+        DataError: when ``path`` does not exist, is a file of another type, or a folder without images.
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -188,15 +192,34 @@ def list_images(path: str | os.PathLike, key: str = "test") -> list[dict[str, st
             images = [p for p in sorted((path / "images").iterdir()) if _is_image_file(p)]
         if not images:
             extensions = ", ".join(IMAGE_EXTENSIONS)
-            raise ValueError(f"folder {path} holds no images ({extensions}), nor does {path / 'images'}.")
+            raise DataError(f"folder {path} holds no images ({extensions}), nor does {path / 'images'}.")
         return [{"image": str(p.resolve())} for p in images]
     if path.is_file() and path.suffix.lower() == ".json":
-        return [{"image": item.get("image_orig", item["image"])} for item in load_datalist("", path, key)]
+        return inference_inputs("", path, key)
     if path.is_file() and has_extension(path, IMAGE_EXTENSIONS):
         return [{"image": str(path.resolve())}]
     if path.is_file():
-        raise ValueError(f"{path} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor a datalist .json file.")
-    raise ValueError(f"{path} does not exist.")
+        raise DataError(f"{path} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor a datalist .json file.")
+    raise DataError(f"{path} does not exist.")
+
+
+def inference_inputs(
+    dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None = "", key: str = "test"
+) -> list[dict[str, str]]:
+    """
+    The images inference segments: split ``key`` of ``datalist`` when one is given, else :func:`list_images` of
+    ``dataset_dir``.
+
+    A datalist is read by :func:`load_datalist` with the same path rule as training and evaluation (relative
+    entries start from ``dataset_dir``, or from the datalist's folder when ``dataset_dir`` is empty). Where an item
+    has ``image_orig`` (a resized cache), the original is listed, so predictions come out at the original size.
+
+    Raises:
+        DataError: as :func:`load_datalist` and :func:`list_images`.
+    """
+    if not datalist:
+        return list_images(dataset_dir or ".")
+    return [{"image": item.get("image_orig", item["image"])} for item in load_datalist(dataset_dir, datalist, key)]
 
 
 def pair_images_masks(
@@ -220,12 +243,12 @@ def pair_images_masks(
         name, then the absolute paths of the images without a mask and of the masks without an image.
 
     Raises:
-        ValueError: when a folder does not exist.
+        DataError: when a folder does not exist.
     """
     images_dir, masks_dir = Path(images_dir).resolve(), Path(masks_dir).resolve()
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
-            raise ValueError(f"folder {folder} does not exist.")
+            raise DataError(f"folder {folder} does not exist.")
     images = [p for p in _files(images_dir, IMAGE_EXTENSIONS) if _is_image_file(p)]
     masks = _files(masks_dir, MASK_EXTENSIONS)
     masks_by_stem: dict[str, Path] = {}
@@ -256,18 +279,20 @@ def datalist_from_folders(dataset_dir: str | os.PathLike, seed: int = 0) -> dict
     logged as warnings and left out.
 
     Raises:
-        ValueError: when either folder is missing or no image has a mask.
+        DataError: when the folder, or either subfolder, is missing, or no image has a mask.
     """
     root = Path(dataset_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} does not exist.")
     if not (root / "images").is_dir() or not (root / "masks").is_dir():
-        raise ValueError(f"{root} has no {DATALIST_NAME} and no images/ + masks/ folders to pair.")
+        raise DataError(f"{root} has no {DATALIST_NAME} and no images/ + masks/ folders to pair.")
     pairs, unpaired_images, unpaired_masks = pair_images_masks(root / "images", root / "masks")
     for path in unpaired_images:
         logger.warning("image without a mask, left out: %s", path)
     for path in unpaired_masks:
         logger.warning("mask without an image, left out: %s", path)
     if not pairs:
-        raise ValueError(f"no image in {root / 'images'} has a mask in {root / 'masks'}.")
+        raise DataError(f"no image in {root / 'images'} has a mask in {root / 'masks'}.")
     return split_items(pairs, DEFAULT_SPLIT_FRACTIONS, seed)
 
 

@@ -18,9 +18,9 @@ from PIL import Image
 
 from bundle.files import atomic_write, write_text_atomically
 from bundle.metrics import SegmentationScores
-from bundle.transforms import read_photo
+from bundle.images import read_photo
 
-logger = logging.getLogger("rfe_unet.evaluation")
+logger = logging.getLogger(__name__)
 
 PREDICTION_COLOUR = (0, 200, 0)  # green
 TRUTH_COLOUR = (160, 32, 240)  # purple

@@ -1,66 +1,52 @@
 """One way to run the bundle: the pre- and post-processing of ``configs/inference.json`` around a loaded network.
 
-``SegmentationRunner`` is what ``configs/inference.json`` builds as its ``runner``; ``LesionSegmenter`` parses that
-file from Python (the tests use it; a Slicer worker, a MONAI Label app or a benchmark should too) so there is exactly
-one definition of the pipeline. Unreadable inputs are reported one line each and skipped; the others still get masks.
+``SegmentationRunner`` is what ``configs/inference.json`` builds as its ``runner``; :class:`LesionSegmenter` is that
+file parsed from Python (the Slicer worker, a MONAI Label app, the benchmark and the tests use it), so there is
+exactly one definition of the pipeline. The library raises (``bundle.errors``) and never prints or exits; only
+:meth:`SegmentationRunner.main`, the command line's entry, prints one line per failed file and sets the exit status.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import queue
+import sys
 import threading
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
-logger = logging.getLogger("rfe_unet.inference")
+from bundle.checkpoint import load_weights
+from bundle.errors import DataError, innermost
+
+__all__ = ["BUNDLE_ROOT", "LesionSegmenter", "SegmentationRunner", "describe_error"]
+
+logger = logging.getLogger(__name__)
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
+Item = Mapping[str, Any] | str | os.PathLike
 
-def load_weights(
-    network: torch.nn.Module, ckpt_path: str | os.PathLike | None, map_location="cpu", required: bool = False
-) -> bool:
-    """Load a checkpoint written by the bundle into ``network``; return False (and warn loudly) if there is none.
 
-    With ``required`` a missing checkpoint ends the program with one line and exit status 2 instead (evaluation
-    of random weights is never what anyone wants).
+def _as_item(item: Item) -> dict[str, Any]:
+    return {"image": str(item)} if isinstance(item, (str, os.PathLike)) else dict(item)
 
-    Accepts the bare state_dict that ``CheckpointSaver`` writes for a single object, a ``{"model": ...}`` or
-    ``{"state_dict": ...}`` wrapper, and DDP's ``module.`` key prefix. A file that does not fit raises a
-    ``ValueError`` naming it.
-    """
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        if required:
-            print(f"ERROR {ckpt_path}: no trained weights to evaluate; train first or set ckpt_path", file=sys.stderr)
-            raise SystemExit(2)
-        logger.warning(
-            "!!! No trained weights at %s: the network has RANDOM weights and its masks are meaningless. "
-            "Train first (python -m monai.bundle run training --config_file configs/train.json) or set ckpt_path.",
-            ckpt_path,
-        )
-        return False
+
+@contextmanager
+def _raising_causes() -> Iterator[None]:
+    """MONAI wraps what a transform or a config item raised in ``RuntimeError``; raise the cause itself instead."""
     try:
-        state = torch.load(ckpt_path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line report
-        raise ValueError(f"{ckpt_path}: not a readable PyTorch checkpoint ({err})") from None
-    for wrapper in ("model", "state_dict", "network"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    target = network.module if hasattr(network, "module") else network
-    try:
-        target.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(f"{ckpt_path}: does not fit this network ({first}); check 'backbone'") from None
-    logger.info("Loaded weights from %s", ckpt_path)
-    return True
+        yield
+    except RuntimeError as error:
+        cause = innermost(error)
+        if cause is error:
+            raise
+        raise cause from None
 
 
 class SegmentationRunner:
@@ -68,14 +54,19 @@ class SegmentationRunner:
 
     Args:
         network: the segmentation network (logits out).
-        preprocessing: transform from ``{"image": path}`` to a dict holding the network input under ``"image"``.
+        preprocessing: transform from ``{"image": path or array}`` to a dict holding the network input under
+            ``"image"``.
         inferer: a MONAI inferer, called as ``inferer(batch, network)``.
         postprocessing: transform from the dict with ``"pred"`` (logits, channel-first, no batch axis) to the
-            final (W, H) label under ``"pred"``.
+            final (W, H) label under ``"pred"`` and the lesion probability under ``"prob"``.
         writer: optional transform that writes ``"pred"`` (e.g. ``SaveMaskd``); ``None`` keeps results in memory.
         device: where the network runs.
         amp: run the network under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
-        ckpt_path: weights loaded at construction by :func:`load_weights` (warns when missing).
+        ckpt_path: weights loaded at construction by :func:`bundle.checkpoint.load_weights` (warns when missing).
+        network_settings: the settings ``network`` was built with; a checkpoint recording others is an error.
+
+    Raises:
+        bundle.errors.CheckpointError: (at construction) an unreadable checkpoint or one for another network.
     """
 
     def __init__(
@@ -88,6 +79,7 @@ class SegmentationRunner:
         device: str | torch.device = "cpu",
         amp: bool = False,
         ckpt_path: str | os.PathLike | None = None,
+        network_settings: Mapping[str, Any] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
@@ -96,7 +88,11 @@ class SegmentationRunner:
         self.postprocessing = postprocessing
         self.writer = writer
         self.amp = bool(amp)
-        self.has_weights = load_weights(self.network, ckpt_path, map_location=self.device) if ckpt_path else False
+        self.has_weights = (
+            load_weights(self.network, ckpt_path, map_location=self.device, expected=network_settings)
+            if ckpt_path
+            else False
+        )
 
     def _autocast(self):
         if not self.amp:
@@ -105,22 +101,50 @@ class SegmentationRunner:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @torch.inference_mode()
-    def predict(self, data: dict) -> dict:
-        """Run the network and the post-processing on one preprocessed item."""
+    def predict(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Run the network and the post-processing on one preprocessed item; returns the post-processed dict."""
         batch = data["image"].unsqueeze(0).to(self.device)
         with self._autocast():
             logits = self.inferer(batch, self.network)
-        data = dict(data)
-        data["pred"] = logits[0].float().cpu()
-        return self.postprocessing(data)
+        result = dict(data)
+        result["pred"] = logits[0].float().cpu()
+        return self.postprocessing(result)
 
-    def segment(self, item: dict | str | os.PathLike) -> dict:
-        """Preprocess, predict, post-process and (with a writer) write one input; errors propagate."""
-        data = {"image": str(item)} if isinstance(item, (str, os.PathLike)) else dict(item)
-        result = self.predict(self.preprocessing(data))
+    def _finish(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The per-item path after preprocessing: predict, post-process and (with a writer) write."""
+        result = self.predict(data)
         return self.writer(result) if self.writer is not None else result
 
-    def _prepared(self, items: Sequence[dict]) -> Iterable[tuple[dict, dict | None, BaseException | None]]:
+    def segment(self, item: Item) -> dict[str, Any]:
+        """Segment one photograph (a path, or an item dict with ``"image"``); errors propagate as raised.
+
+        Returns:
+            The post-processed dict: ``"pred"`` the (W, H) 0/1 label, ``"prob"`` the lesion probability, and
+            with a writer ``"pred_path"`` (and ``"prob_path"``).
+        """
+        with _raising_causes():
+            return self._finish(self.preprocessing(_as_item(item)))
+
+    def segment_array(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Segment an in-memory photograph through the same pipeline; nothing is written.
+
+        Args:
+            image: (H, W, 3) uint8 RGB in numpy row order (row 0 at the top); (H, W) grey and (H, W, 4) RGBA
+                are accepted too.
+
+        Returns:
+            ``{"pred": (H, W) uint8 0/1, "prob": (H, W) float32 lesion probability}``, in the image's own order.
+
+        Raises:
+            bundle.errors.BadInputError: an array of another shape or dtype.
+        """
+        with _raising_causes():
+            result = self.predict(self.preprocessing({"image": image}))
+        pred = np.asarray(result["pred"].detach().cpu(), dtype=np.uint8).T
+        prob = np.asarray(result["prob"].detach().cpu(), dtype=np.float32).T
+        return {"pred": np.ascontiguousarray(pred), "prob": np.ascontiguousarray(prob)}
+
+    def _prepared(self, items: Sequence[dict]) -> Iterator[tuple[dict, dict | None, Exception | None]]:
         """Yield (item, preprocessed, error), decoding the next photograph in a thread while the network runs."""
         slots: queue.Queue = queue.Queue(maxsize=2)
 
@@ -136,33 +160,44 @@ class SegmentationRunner:
         while (entry := slots.get()) is not None:
             yield entry
 
-    def run(self, items: Sequence[dict | str | os.PathLike]) -> tuple[list[dict], list[tuple[str, str]]]:
-        """Segment every item; return (results, failures) where failures are (input path, one-line reason)."""
-        items = [{"image": str(i)} if isinstance(i, (str, os.PathLike)) else dict(i) for i in items]
+    def run(
+        self, items: Sequence[Item], on_failure: Callable[[str, str], object] | None = None
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """Segment every item; a file that fails is recorded (and passed to ``on_failure``) and the rest go on.
+
+        Returns:
+            ``(results, failures)``: the post-processed dicts of the items that succeeded, and
+            ``(input path, one-line reason)`` for those that failed.
+        """
+        items = [_as_item(i) for i in items]
         results, failures = [], []
         for index, (item, data, error) in enumerate(self._prepared(items), start=1):
             source = str(item.get("image"))
             if error is None:
                 try:
-                    data = self.predict(data)
-                    data = self.writer(data) if self.writer is not None else data
-                except Exception as err:  # noqa: BLE001
+                    data = self._finish(data)
+                except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
                     error = err
             if error is not None:
-                reason = describe_error(source, error)
-                failures.append((source, reason))
-                print(f"ERROR {reason}", file=sys.stderr, flush=True)
+                failures.append((source, describe_error(source, error)))
+                if on_failure is not None:
+                    on_failure(*failures[-1])
                 continue
             results.append(data)
             logger.info("[%d/%d] %s -> %s", index, len(items), source, data.get("pred_path", "(in memory)"))
         return results, failures
 
-    def main(self, items: Sequence[dict | str | os.PathLike]) -> int:
-        """Command-line entry used by ``configs/inference.json``: exit non-zero when any input failed."""
+    def main(self, items: Sequence[Item]) -> int:
+        """Command-line entry of ``configs/inference.json``: one ``ERROR`` line per failed file, a summary line,
+        and exit status 1 when any failed.
+
+        Raises:
+            bundle.errors.DataError: when there is nothing to segment.
+            SystemExit: status 1 when any input failed.
+        """
         if not items:
-            print("ERROR no input images found", file=sys.stderr)
-            raise SystemExit(2)
-        results, failures = self.run(items)
+            raise DataError("no input images found")
+        results, failures = self.run(items, on_failure=lambda _, reason: print(f"ERROR {reason}", file=sys.stderr))
         print(f"segmented {len(results)} of {len(items)} images; {len(failures)} failed", flush=True)
         if failures:
             raise SystemExit(1)
@@ -170,30 +205,38 @@ class SegmentationRunner:
 
 
 def describe_error(source: str, error: BaseException) -> str:
-    """One line naming the file and the problem (the file is named once, even if the message names it too).
-
-    MONAI's ``Compose`` wraps a transform's exception in "applying transform ..."; the innermost cause is the
-    one that says what is wrong with the file.
-    """
-    while error.__cause__ is not None:
-        error = error.__cause__
+    """One line naming the file and the problem (the file is named once, even if the message names it too)."""
+    error = innermost(error)
     message = " ".join(str(error).split()) or type(error).__name__
     return message if source in message else f"{source}: {message}"
 
 
 class LesionSegmenter:
-    """Parse ``configs/inference.json`` (plus overrides) once and keep its runner and network loaded.
+    """``configs/inference.json`` parsed once (plus overrides), its runner built and its network loaded.
+
+    This is how code outside the bundle runner (the Slicer worker, a MONAI Label app, the benchmark, the tests)
+    segments photographs: the same pre- and post-processing as ``python -m monai.bundle run``, and the network
+    settings taken from the checkpoint.
 
     Example::
 
         segmenter = LesionSegmenter(bundle_root=".", overrides={"output_dir": "/tmp/masks"})
-        mask_wh = segmenter.segment("lesion.jpg")["pred"]      # (W, H) tensor of 0/1
+        mask_wh = segmenter.segment("lesion.jpg")["pred"]          # (W, H) tensor of 0/1, mask file written
+        result = segmenter.segment_array(rgb_hw3)                  # {"pred": (H, W) uint8, "prob": (H, W) float32}
+
+    Args:
+        bundle_root: the bundle folder (default: the one holding this package).
+        overrides: config keys to set, as on the command line (``{"image_size": 128, "ckpt_path": ...}``).
+        config_file: another config file to parse instead of ``<bundle_root>/configs/inference.json``.
+
+    Raises:
+        bundle.errors.BundleError: a configuration value or checkpoint that cannot work.
     """
 
     def __init__(
         self,
         bundle_root: str | os.PathLike | None = None,
-        overrides: dict[str, Any] | None = None,
+        overrides: Mapping[str, Any] | None = None,
         config_file: str | os.PathLike | None = None,
     ) -> None:
         from monai.bundle import ConfigParser
@@ -202,10 +245,17 @@ class LesionSegmenter:
         self.parser = ConfigParser()
         self.parser.read_config(str(config_file or root / "configs" / "inference.json"))
         self.parser.update({"bundle_root": str(root), **(overrides or {})})
-        self.runner: SegmentationRunner = self.parser.get_parsed_content("runner")
+        with _raising_causes():
+            self.runner: SegmentationRunner = self.parser.get_parsed_content("runner")
 
-    def segment(self, item: dict | str | os.PathLike) -> dict:
+    def segment(self, item: Item) -> dict[str, Any]:
+        """See :meth:`SegmentationRunner.segment`."""
         return self.runner.segment(item)
 
-    def run(self, items: Sequence[dict | str | os.PathLike]):
+    def segment_array(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """See :meth:`SegmentationRunner.segment_array`."""
+        return self.runner.segment_array(image)
+
+    def run(self, items: Sequence[Item]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """See :meth:`SegmentationRunner.run`."""
         return self.runner.run(items)

@@ -1,15 +1,18 @@
-"""Transforms MONAI lacks for dermoscopy photographs: reading photos as they are displayed, turning any
-mask file (PNG, BMP, JPEG, or a 3D Slicer labelmap of shape (W, H, 1)) into a binary (1, W, H) label, and
-writing masks atomically in the formats Slicer and people use.
+"""Transforms MONAI lacks for dermoscopy photographs, each an array transform with a thin dictionary wrapper:
+
+- :class:`LoadPhoto` / :class:`LoadPhotod`: a photo file or an in-memory array, read as displayed (``bundle.images``);
+- :class:`LesionMask` / :class:`LesionMaskd`: any loaded mask (PNG, BMP, JPEG, Slicer labelmap) → binary (1, W, H);
+- :class:`ResizeToSource` / :class:`ResizeToSourced`: predictions back to the photograph's own size;
+- :class:`LesionLabel` / :class:`LesionLabeld`: 2-channel probabilities → 0/1 label and lesion probability;
+- :class:`SaveMask` / :class:`SaveMaskd`: masks written atomically in the formats people and 3D Slicer open.
 
 Index order: like MONAI's PIL and ITK readers, arrays here are (W, H) — the first spatial axis runs along the
 image width — whereas ``numpy.asarray(PIL.Image)`` is (H, W). Everything that leaves this module for a person
-(PNG files) is transposed back.
+(PNG files) is transposed back. Option strings are checked when a transform is built.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,144 +20,131 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor, PILReader
-from monai.transforms import LoadImage, MapTransform
-from PIL import Image, ImageOps, UnidentifiedImageError
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+from PIL import Image
 
-from bundle.data import IMAGE_EXTENSIONS, file_stem, has_extension
+from bundle.config import choice
+from bundle.data import file_stem
 from bundle.files import atomic_write
+from bundle.images import lesion_binary, photo_from_array, read_photo
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "INTERPOLATION_MODES",
+    "MASK_OUTPUT_EXTENSIONS",
+    "LesionLabel",
+    "LesionLabeld",
+    "LesionMask",
+    "LesionMaskd",
+    "LoadPhoto",
+    "LoadPhotod",
+    "ResizeToSource",
+    "ResizeToSourced",
+    "SaveMask",
+    "SaveMaskd",
+    "write_mask",
+]
 
-
-
-class UnreadableImageError(ValueError):
-    """A file that cannot be read as a photograph; the message names the file and the reason."""
-
-
-def to_display_rgb(img: Image.Image) -> Image.Image:
-    """Return the 8-bit RGB image a viewer shows for ``img``.
-
-    EXIF orientation is applied; transparency is composited over white; 16- and 32-bit grey levels are scaled
-    to 8 bits by their bit depth (not clipped); CMYK, palette, grey and other modes are converted to RGB.
-    """
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        full_scale = 65535.0 if img.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        if img.mode == "F" and values.max(initial=0) <= 1.0:
-            full_scale = 1.0
-        grey = np.clip(np.round(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")
+INTERPOLATION_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
+MASK_OUTPUT_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd")
 
 
-class PhotoReader(PILReader):
-    """MONAI image reader for photographs (``bundle.data.IMAGE_EXTENSIONS``), converted by :func:`to_display_rgb`.
+class LoadPhoto(Transform):
+    """A photograph as a channel-first (3, W, H) MetaTensor in [0, 255], read as displayed.
 
-    Unlike ``PILReader`` it decodes the whole file inside ``read`` so that truncated or corrupt files fail
-    here, with an :class:`UnreadableImageError` naming the file, instead of later inside a transform chain.
+    ``source`` is a file path (read by ``bundle.images.read_photo``: EXIF orientation, alpha over white, 16-bit
+    grey scaled) or an (H, W, 3) RGB, (H, W) grey or (H, W, 4) RGBA uint8 array in numpy order (row 0 at the top),
+    converted the same way. The meta data record ``filename_or_obj`` (the path, or ``name`` for an array) and the
+    displayed ``spatial_shape`` (W, H), which :class:`ResizeToSource` resizes predictions back to.
+
+    Raises:
+        bundle.errors.BadInputError: naming the file (or array) that cannot be read as a photograph.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(converter=to_display_rgb, **kwargs)
+    def __init__(self, dtype: Any = np.float32) -> None:
+        self.dtype = dtype
 
-    def verify_suffix(self, filename) -> bool:
-        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
-        return all(has_extension(n, IMAGE_EXTENSIONS) for n in names)
-
-    def read(self, data, **kwargs):
-        names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-        images = []
-        for name in names:
-            images.append(read_photo(name))
-        return images if len(images) > 1 else images[0]
-
-
-def read_photo(path: str | os.PathLike) -> Image.Image:
-    """Open, fully decode and convert one photograph; raise :class:`UnreadableImageError` with one clear line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UnreadableImageError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise UnreadableImageError(f"{path}: empty file")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return to_display_rgb(opened)
-    except UnidentifiedImageError:
-        raise UnreadableImageError(f"{path}: not an image file that Pillow can identify") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise UnreadableImageError(f"{path}: cannot decode image ({err})") from None
-    except Image.DecompressionBombError as err:
-        raise UnreadableImageError(f"{path}: image too large ({err})") from None
+    def __call__(self, source: str | os.PathLike | np.ndarray, name: str = "array") -> MetaTensor:
+        if isinstance(source, (str, os.PathLike)):
+            photo, name = read_photo(source), str(source)
+        else:
+            photo = photo_from_array(source, name)
+        channels_first = np.asarray(photo).transpose(2, 1, 0).astype(self.dtype)
+        meta = {"filename_or_obj": name, "spatial_shape": np.asarray(photo.size), "original_channel_dim": -1}
+        return MetaTensor(torch.from_numpy(np.ascontiguousarray(channels_first)), meta=meta)
 
 
 class LoadPhotod(MapTransform):
-    """Load photographs with :class:`PhotoReader` into channel-first (3, W, H) MetaTensors.
+    """Dictionary wrapper of :class:`LoadPhoto`; an array value is named after its key."""
 
-    No fallback to other readers: a file that is not a readable photograph raises :class:`UnreadableImageError`.
-    """
-
-    def __init__(self, keys: KeysCollection, dtype=np.float32, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, dtype: Any = np.float32, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=dtype)
-        self.reader = PhotoReader()
+        self.loader = LoadPhoto(dtype)
 
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.loader(d[key], reader=self.reader)
+            d[key] = self.loader(d[key], name=key)
         return d
+
+
+class LesionMask(Transform):
+    """A loaded mask (no channel axis, as ``LoadImage`` gives it) → binary (1, W, H) float label.
+
+    The rule is ``bundle.images.lesion_binary``: trailing singleton axes squeezed (Slicer's (W, H, 1) labelmaps),
+    colour masks reduced by their channel maximum, lesion above half the mask's maximum (0/255, 0/1, noisy JPEG
+    and red-on-black masks alike); an all-zero mask stays empty. The result carries a 2D identity affine so it can
+    be resized beside the photograph.
+    """
+
+    def __call__(self, mask: Any) -> MetaTensor:
+        meta = dict(mask.meta) if isinstance(mask, MetaTensor) else {}
+        source = meta.get("filename_or_obj", "mask")
+        try:
+            binary = lesion_binary(np.asarray(mask))
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+        kept = {"filename_or_obj": source, "spatial_shape": np.asarray(binary.shape)}
+        label = torch.from_numpy(binary.astype(np.float32))[None]
+        return MetaTensor(label, affine=torch.eye(3, dtype=torch.float64), meta=kept)
 
 
 class LesionMaskd(MapTransform):
-    """Turn a loaded mask into a binary (1, W, H) float label: lesion 1, background 0.
+    """Dictionary wrapper of :class:`LesionMask`."""
 
-    Accepts what people have: (W, H) grey masks holding 0/255 or 0/1 (PNG, BMP, or JPEG with compression
-    noise), (W, H, 3|4) colour masks, palette masks, and 3D Slicer labelmaps of shape (W, H, 1) from
-    ``.nii.gz`` / ``.nrrd``. A pixel is lesion when it exceeds half the mask's maximum (so 0/255, 0/1 and noisy
-    JPEG masks all work); an all-zero mask stays empty. The result carries a 2D identity affine so it can be
-    resized and inverted beside the photograph.
-    """
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.binarise = LesionMask()
 
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = lesion_mask(d[key])
+            d[key] = self.binarise(d[key])
         return d
 
 
-def lesion_mask(mask) -> MetaTensor:
-    """See :class:`LesionMaskd`; ``mask`` as loaded by ``LoadImage`` (no channel axis)."""
-    meta = dict(mask.meta) if isinstance(mask, MetaTensor) else {}
-    array = torch.as_tensor(np.asarray(mask), dtype=torch.float32)
-    while array.ndim > 2 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        array = array[..., :3].amax(dim=-1)
-    if array.ndim != 2:
-        raise ValueError(f"{meta.get('filename_or_obj', 'mask')}: mask of shape {tuple(mask.shape)} is not 2D")
-    peak = float(array.max()) if array.numel() else 0.0
-    binary = (array > peak / 2).float() if peak > 0 else torch.zeros_like(array)
-    kept = {k: v for k, v in meta.items() if k in ("filename_or_obj", "spatial_shape")}
-    kept["spatial_shape"] = np.asarray(binary.shape)
-    return MetaTensor(binary[None], affine=torch.eye(3, dtype=torch.float64), meta=kept)
+class ResizeToSource(Transform):
+    """Resize a channel-first (C, w, h) prediction to ``spatial_size`` (W, H).
+
+    Probabilities are interpolated (``bilinear`` by default) so that masks of large photographs have smooth
+    edges; MONAI's ``Invertd`` would reuse the forward ``area`` mode, which makes blocky edges when enlarging.
+    """
+
+    def __init__(self, mode: str = "bilinear") -> None:
+        self.mode = choice(mode, INTERPOLATION_MODES, "mode")
+
+    def __call__(self, img: Any, spatial_size: Any) -> torch.Tensor:
+        size = [int(v) for v in np.asarray(spatial_size).ravel()]
+        value = torch.as_tensor(img).float()
+        if list(value.shape[1:]) == size:
+            return value
+        align = None if self.mode in ("nearest", "nearest-exact", "area") else False
+        return torch.nn.functional.interpolate(value[None], size=size, mode=self.mode, align_corners=align)[0]
 
 
 class ResizeToSourced(MapTransform):
-    """Resize channel-first predictions back to the spatial size of the photograph they came from.
-
-    The target size is the ``spatial_shape`` that the loader recorded in ``data[source_key].meta`` (the size as
-    displayed, EXIF rotation applied). Probabilities are interpolated (``bilinear`` by default) so that masks of
-    large photographs have smooth edges; MONAI's ``Invertd`` would reuse the forward ``area`` mode, which makes
-    blocky edges when enlarging.
+    """Dictionary wrapper of :class:`ResizeToSource`: the size is the ``spatial_shape`` that :class:`LoadPhoto`
+    recorded in ``data[source_key].meta`` (the photograph as displayed, EXIF rotation applied).
     """
 
     def __init__(
@@ -162,7 +152,7 @@ class ResizeToSourced(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.source_key = source_key
-        self.mode = mode
+        self.resize = ResizeToSource(mode)
 
     def __call__(self, data):
         d = dict(data)
@@ -170,13 +160,41 @@ class ResizeToSourced(MapTransform):
         size = source.meta.get("spatial_shape") if isinstance(source, MetaTensor) else None
         if size is None:
             raise ValueError(f"'{self.source_key}' carries no 'spatial_shape' metadata to resize back to")
-        size = [int(v) for v in np.asarray(size).ravel()]
+        meta = {"filename_or_obj": source.meta.get("filename_or_obj"), "spatial_shape": np.asarray(size)}
         for key in self.key_iterator(d):
-            value = torch.as_tensor(d[key]).float()
-            if list(value.shape[1:]) != size:
-                align = None if self.mode in ("nearest", "area") else False
-                value = torch.nn.functional.interpolate(value[None], size=size, mode=self.mode, align_corners=align)[0]
-            d[key] = MetaTensor(value, meta={"filename_or_obj": source.meta.get("filename_or_obj"), "spatial_shape": size})
+            d[key] = MetaTensor(self.resize(d[key], size), meta=meta)
+        return d
+
+
+class LesionLabel(Transform):
+    """(2, W, H) class probabilities → ((W, H) uint8 label, 1 = lesion, (W, H) float32 lesion probability).
+
+    The label is the argmax (lesion where its probability exceeds the background's). Both come without a
+    channel axis: MONAI Label's 2D overlay and the mask writers want none.
+    """
+
+    def __call__(self, probabilities: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = torch.as_tensor(probabilities)
+        if probs.ndim != 3 or probs.shape[0] != 2:
+            raise ValueError(f"expected (2, W, H) probabilities, got shape {tuple(probs.shape)}")
+        label = (probs[1] > probs[0]).to(torch.uint8)
+        return label, probs[1].float().clone()
+
+
+class LesionLabeld(MapTransform):
+    """Dictionary wrapper of :class:`LesionLabel`: the label replaces ``keys``, the probability goes to ``prob_key``."""
+
+    def __init__(self, keys: KeysCollection, prob_key: str = "prob", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.prob_key = prob_key
+        self.split = LesionLabel()
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            meta = dict(d[key].meta) if isinstance(d[key], MetaTensor) else {}
+            label, prob = self.split(d[key])
+            d[key], d[self.prob_key] = MetaTensor(label, meta=meta), MetaTensor(prob, meta=dict(meta))
         return d
 
 
@@ -217,11 +235,33 @@ def write_mask(array_wh: np.ndarray, path: str | os.PathLike, probability: bool 
     return path
 
 
-class SaveMaskd(MapTransform):
-    """Write the 2D prediction under ``output_dir`` as ``<stem><suffix><output_ext>``, atomically.
+class SaveMask(Transform):
+    """Write a (W, H) label (and optionally its lesion probability) under ``output_dir``, atomically.
 
-    ``keys`` holds the (W, H) label; with ``probability_key`` the (2, W, H) or (W, H) lesion probability
-    is written too, as ``<stem>_prob<output_ext>``. The written paths are stored in ``data["<key>_path"]``.
+    The files are ``<stem><suffix><output_ext>`` and ``<stem>_prob<output_ext>``; ``output_ext`` is one of
+    :data:`MASK_OUTPUT_EXTENSIONS`. Returns the paths written.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, output_ext: str = ".png", suffix: str = "_mask") -> None:
+        self.output_dir = Path(output_dir)
+        ext = str(output_ext).lower()
+        self.output_ext = choice(ext if ext.startswith(".") else f".{ext}", MASK_OUTPUT_EXTENSIONS, "output_ext")
+        self.suffix = suffix
+
+    def __call__(self, label: Any, stem: str, prob: Any = None) -> tuple[Path, Path | None]:
+        label_wh = np.asarray(torch.as_tensor(label).detach().cpu()).astype(np.uint8)
+        label_path = write_mask(label_wh, self.output_dir / f"{stem}{self.suffix}{self.output_ext}")
+        if prob is None:
+            return label_path, None
+        prob_wh = np.asarray(torch.as_tensor(prob).detach().cpu().float())
+        return label_path, write_mask(prob_wh, self.output_dir / f"{stem}_prob{self.output_ext}", probability=True)
+
+
+class SaveMaskd(MapTransform):
+    """Dictionary wrapper of :class:`SaveMask`, named after the photo in the label's ``filename_or_obj``.
+
+    With ``probability_key`` the lesion probability under that key is written too. The written paths are stored
+    in ``data["<key>_path"]`` (and ``data["<probability_key>_path"]``).
     """
 
     def __init__(
@@ -234,26 +274,16 @@ class SaveMaskd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.output_dir = Path(output_dir)
-        self.output_ext = output_ext if output_ext.startswith(".") else f".{output_ext}"
-        self.suffix = suffix
+        self.save = SaveMask(output_dir, output_ext, suffix)
         self.probability_key = probability_key
-
-    @staticmethod
-    def _stem(value) -> str:
-        source = value.meta.get("filename_or_obj") if isinstance(value, MetaTensor) else None
-        return file_stem(str(source)) if source else "prediction"
 
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
-            stem = self._stem(d[key])
-            label = np.asarray(torch.as_tensor(d[key]).detach().cpu()).astype(np.uint8)
-            d[f"{key}_path"] = str(write_mask(label, self.output_dir / f"{stem}{self.suffix}{self.output_ext}"))
-            if self.probability_key and self.probability_key in d:
-                prob = np.asarray(torch.as_tensor(d[self.probability_key]).detach().cpu().float())
-                prob = prob[-1] if prob.ndim == 3 else prob
-                d[f"{self.probability_key}_path"] = str(
-                    write_mask(prob, self.output_dir / f"{stem}_prob{self.output_ext}", probability=True)
-                )
+            source = d[key].meta.get("filename_or_obj") if isinstance(d[key], MetaTensor) else None
+            prob = d.get(self.probability_key) if self.probability_key else None
+            label_path, prob_path = self.save(d[key], file_stem(str(source)) if source else "prediction", prob)
+            d[f"{key}_path"] = str(label_path)
+            if prob_path is not None:
+                d[f"{self.probability_key}_path"] = str(prob_path)
         return d

@@ -55,6 +55,7 @@ if __package__ in (None, ""):  # run as `python scripts/prepare_data.py`: make `
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.files import atomic_write  # noqa: E402
+from bundle.images import displayed_size, read_mask, read_photo  # noqa: E402
 from bundle.data import (  # noqa: E402
     DATALIST_NAME,
     DEFAULT_SPLIT_FRACTIONS,
@@ -483,11 +484,13 @@ def collect_pairs(layout: str, index: Mapping[str, list[Path]]) -> Collected:
 # ------------------------------------------------------------------------------------------------ checking files
 
 
-def image_size(path: str) -> tuple[int, int] | None:
+def image_size(path: str, displayed: bool = False) -> tuple[int, int] | None:
     """
     Decode ``path`` fully and return its (width, height); None for NIfTI/NRRD/MetaImage labels (read, not sized).
 
-    JPEGs decode at a reduced scale (``draft``), which still reads every byte, so truncation is caught.
+    JPEGs decode at a reduced scale (``draft``), which still reads every byte, so truncation is caught. With
+    ``displayed`` the size is a photograph's as shown (after its EXIF orientation), as the bundle reads photos;
+    masks are read as stored.
 
     Raises:
         ValueError: naming the file and why it cannot be read (empty, truncated, not an image).
@@ -511,8 +514,8 @@ def image_size(path: str) -> tuple[int, int] | None:
             itk.imread(str(path))
             return None
         with Image.open(path) as image:
-            size = image.size
-            image.draft(image.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))  # JPEG only; others ignore it
+            size = displayed_size(image) if displayed else image.size
+            image.draft(image.mode, (max(1, image.size[0] // 8), max(1, image.size[1] // 8)))  # JPEG only
             image.load()
         return size
     except UnidentifiedImageError:
@@ -524,7 +527,7 @@ def image_size(path: str) -> tuple[int, int] | None:
 def check_pair(pair: Mapping[str, str]) -> str | None:
     """The reason ``pair`` cannot be used, or None when image and mask read and have the same size."""
     try:
-        image, mask = image_size(pair["image"]), image_size(pair["label"])
+        image, mask = image_size(pair["image"], displayed=True), image_size(pair["label"])
     except ValueError as error:
         return str(error)
     if image is not None and mask is not None and image != mask:
@@ -610,9 +613,11 @@ def cache_pair(pair: Mapping[str, str], cache_dir: Path, longer_side: int) -> di
     """
     A copy of ``pair`` resized so that its longer side is ``longer_side``, written once under ``cache_dir``.
 
-    The image is resampled with Lanczos and stored as JPEG (quality 95, no chroma subsampling); the mask is
-    binarised (above half its range: 0/1 and 0/255 masks alike) and resized with nearest neighbour to a 0/255
-    PNG. Pairs already no larger, and NIfTI/NRRD masks, are not copied: their item points at the originals.
+    Both files are read the way training and inference read them (``bundle.images``): the photograph as displayed
+    (EXIF orientation applied, converted to RGB), resampled with Lanczos and stored as JPEG (quality 95, no chroma
+    subsampling); the mask binarised by the bundle's one rule (above half its maximum, colour masks by their channel
+    maximum) and resized with nearest neighbour to a 0/255 PNG. Pairs already no larger, and NIfTI/NRRD masks, are
+    not copied: their item points at the originals.
 
     Returns:
         ``{"image", "label", "image_orig", "label_orig"}``.
@@ -627,14 +632,12 @@ def cache_pair(pair: Mapping[str, str], cache_dir: Path, longer_side: int) -> di
     if _is_fresh(cached_image, image_path) and _is_fresh(cached_label, label_path):
         return {**item, "image": str(cached_image), "label": str(cached_label)}
     with Image.open(image_path) as image:
-        if max(image.size) <= longer_side:
-            return item
-        size = _resized_size(image.size, longer_side)
-        image.draft(image.mode, size)  # JPEG only: decode at the smallest power-of-two scale still >= size
-        resized = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-    with Image.open(label_path) as label:
-        values = np.asarray(label.convert("L"))
-    foreground = values > (0 if values.max() <= 1 else 127)
+        full_size = displayed_size(image)
+    if max(full_size) <= longer_side:
+        return item
+    size = _resized_size(full_size, longer_side)
+    resized = read_photo(image_path, reduce_to=size).resize(size, Image.Resampling.LANCZOS)
+    foreground = read_mask(label_path)
     mask = Image.fromarray(np.where(foreground, 255, 0).astype(np.uint8), "L").resize(size, Image.Resampling.NEAREST)
     cached_image.parent.mkdir(parents=True, exist_ok=True)
     cached_label.parent.mkdir(parents=True, exist_ok=True)

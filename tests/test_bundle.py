@@ -20,6 +20,8 @@ from .conftest import REPO, SHARED, run_bundle
 pytestmark = pytest.mark.slow
 
 FAST = ("--backbone", "resnet34", "--image_size", "64", "--num_workers", "0")
+# the shared training: a ResNet-34 at 128 px, which inference, evaluation and export must find out by themselves
+TRAINED = ("--backbone", "resnet34", "--image_size", "128", "--num_workers", "0")
 
 
 def _ok(proc: subprocess.CompletedProcess) -> None:
@@ -32,7 +34,7 @@ def trained_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bundle_root")
     proc = run_bundle(
         "run", "training", "--config_file", "configs/train.json", "--max_epochs", "1", "--bundle_root", str(root),
-        "--dataset_dir", str(REPO / "sample_data"), *FAST,
+        "--dataset_dir", str(REPO / "sample_data"), *TRAINED,
     )
     _ok(proc)
     return root
@@ -42,8 +44,13 @@ def test_training_writes_best_and_last_checkpoints(trained_root):
     assert (trained_root / "models" / "model.pt").is_file()
     assert list((trained_root / "models").glob("last_checkpoint_epoch=1.pt"))
     assert list((trained_root / "runs").glob("events.out.tfevents.*"))
-    state = torch.load(trained_root / "models" / "model.pt", weights_only=True)
-    assert any(key.startswith("encoder") or key.startswith("decoder") for key in state)
+    checkpoint = torch.load(trained_root / "models" / "model.pt", weights_only=True)
+    assert set(checkpoint) == {"model", "network"}
+    assert any(key.startswith("encoder.layer3.5.") for key in checkpoint["model"])  # ResNet-34's six blocks
+    assert checkpoint["network"] == {
+        "name": "rfeunet", "backbone": "resnet34", "rfe": True, "in_channels": 3, "out_channels": 2,
+        "image_size": 128, "pixel_mean": [0.485, 0.456, 0.406], "pixel_std": [0.229, 0.224, 0.225],
+    }
 
 
 def test_training_resumes_from_the_last_checkpoint(trained_root, tmp_path):
@@ -51,7 +58,7 @@ def test_training_resumes_from_the_last_checkpoint(trained_root, tmp_path):
     shutil.copytree(trained_root / "models", root / "models")
     proc = run_bundle(
         "run", "training", "--config_file", "configs/train.json", "--max_epochs", "2", "--resume", "true",
-        "--bundle_root", str(root), "--dataset_dir", str(REPO / "sample_data"), *FAST,
+        "--bundle_root", str(root), "--dataset_dir", str(REPO / "sample_data"), *TRAINED,
     )
     _ok(proc)
     log = proc.stdout + proc.stderr
@@ -85,7 +92,7 @@ def test_evaluation_on_real_photographs_reports_both_resolutions(trained_root, i
     datalist.write_text(json.dumps({"training": pairs, "validation": pairs, "test": pairs}))
     proc = run_bundle(
         "run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--bundle_root", str(trained_root),
-        "--dataset_dir", str(isic_val), "--datalist", str(datalist), *FAST,
+        "--dataset_dir", str(isic_val), "--datalist", str(datalist), "--num_workers", "0",
     )
     _ok(proc)
     report = json.loads((trained_root / "eval" / "metrics.json").read_text())
@@ -97,7 +104,7 @@ def test_evaluation_on_real_photographs_reports_both_resolutions(trained_root, i
     big = [row for row in report["per_image"]["original"] if row["name"] == "ISIC_0012288.jpg"][0]
     assert big["tp"] + big["fp"] + big["fn"] + big["tn"] == 4288 * 2848
     small = [row for row in report["per_image"]["working"] if row["name"] == "ISIC_0012288.jpg"][0]
-    assert small["tp"] + small["fp"] + small["fn"] + small["tn"] == 64 * 64
+    assert small["tp"] + small["fp"] + small["fn"] + small["tn"] == 128 * 128  # the checkpoint's working size
     assert (trained_root / "eval" / "metrics_original.csv").is_file()
     assert "| original |" in (trained_root / "eval" / "metrics.md").read_text()
     assert (trained_root / "eval" / "overlays" / "ISIC_0012288_overlay.png").is_file()
@@ -121,29 +128,82 @@ def test_noise_is_added_in_the_0_1_range_before_normalisation():
     assert names.index("ScaleIntensityRanged") < names.index("RandGaussianNoised")
 
 
-def test_torchscript_and_onnx_exports_match_the_network(trained_root):
+def test_exports_take_the_network_from_the_checkpoint(trained_root):
+    """`run export`, ckpt_export and onnx_export with no --backbone or --image_size: the checkpoint says them."""
     ckpt = str(trained_root / "models" / "model.pt")
-    common = ("--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--backbone", "resnet34")
+    root = ("--bundle_root", str(trained_root))
+    common = ("--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", *root)
     _ok(run_bundle("verify_net_in_out", "network_def", *common))
-    _ok(run_bundle("ckpt_export", "network_def", "--filepath", str(trained_root / "model.ts"), "--ckpt_file", ckpt, *common))
+    _ok(run_bundle("run", "export", "--config_file", "configs/inference.json", *root))
+    plain = trained_root / "plain.ts"
+    _ok(run_bundle("ckpt_export", "network_def", "--filepath", str(plain), "--ckpt_file", ckpt, "--key_in_ckpt", "model", *common))
     _ok(run_bundle(
         "onnx_export", "network_def", "--filepath", str(trained_root / "model.onnx"), "--ckpt_file", ckpt,
-        "--input_shape", "[1, 3, 256, 256]", *common,
+        "--key_in_ckpt", "model", "--input_shape", "[1, 3, 128, 128]", *common,
     ))
+    from monai.data import load_net_with_metadata
+
     from bundle.networks import RFEUNet
 
+    scripted, _, extra = load_net_with_metadata(str(trained_root / "models" / "model.ts"), more_extra_files=["inference.json"])
+    embedded = json.loads(extra["inference.json"])
+    assert (embedded["network_name"], embedded["backbone"], embedded["rfe"], embedded["image_size"]) == ("rfeunet", "resnet34", True, 128)
+    parser = ConfigParser(embedded)  # the embedded config builds the exported network on its own
+    assert type(parser.get_parsed_content("network_def")).__name__ == "RFEUNet"
+    assert parser.get_parsed_content("network_settings")["image_size"] == 128
+
     network = RFEUNet(backbone="resnet34").eval()
-    network.load_state_dict(torch.load(ckpt, weights_only=True))
-    image = torch.randn(1, 3, 256, 256)
+    network.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    image = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         expected = network(image)
-        scripted = torch.jit.load(str(trained_root / "model.ts"))(image)
-    torch.testing.assert_close(scripted, expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(scripted(image), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(torch.jit.load(str(plain))(image), expected, rtol=1e-4, atol=1e-4)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(trained_root / "model.onnx"), providers=["CPUExecutionProvider"])
     (onnx_out,) = session.run(None, {session.get_inputs()[0].name: image.numpy()})
     np.testing.assert_allclose(onnx_out, expected.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_inference_and_evaluation_take_the_network_from_the_checkpoint(trained_root, tmp_path):
+    """Plain inference on the trained ResNet-34/128 model; an explicit disagreeing --backbone is one clear line."""
+    out = tmp_path / "masks"
+    proc = run_bundle(
+        "run", "--config_file", "configs/inference.json", "--bundle_root", str(trained_root),
+        "--dataset_dir", str(REPO / "sample_data" / "images"), "--output_dir", str(out),
+    )
+    _ok(proc)
+    assert "segmented 24 of 24 images; 0 failed" in proc.stdout
+    assert "RANDOM" not in proc.stdout + proc.stderr
+    proc = run_bundle(
+        "run", "--config_file", "configs/inference.json", "--bundle_root", str(trained_root),
+        "--dataset_dir", str(REPO / "sample_data" / "images"), "--output_dir", str(out), "--backbone", "resnet50",
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
+    assert "model.pt" in line and "backbone 'resnet34'" in line and "backbone 'resnet50'" in line, line
+
+
+def test_evaluation_with_only_a_datalist(trained_root, tmp_path):
+    """Relative datalist paths start from --dataset_dir, or from the datalist's folder: the same rule everywhere."""
+    data = tmp_path / "data"
+    shutil.copytree(REPO / "sample_data", data)
+    split = json.loads((data / "datalist.json").read_text())
+    (data / "mine.json").write_text(json.dumps({"test": split["test"][:2]}))
+    out = tmp_path / "eval"
+    proc = run_bundle(
+        "run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--bundle_root", str(trained_root),
+        "--datalist", str(data / "mine.json"), "--eval_dir", str(out), "--num_workers", "0", "--save_overlays", "false",
+    )
+    _ok(proc)
+    assert json.loads((out / "metrics.json").read_text())["summary"]["original"]["n_images"] == 2
+    proc = run_bundle(
+        "run", "--config_file", "configs/inference.json", "--bundle_root", str(trained_root),
+        "--datalist", str(data / "mine.json"), "--output_dir", str(tmp_path / "masks"),
+    )
+    _ok(proc)
+    assert len(list((tmp_path / "masks").glob("*_mask.png"))) == 2
 
 
 def test_metadata_verifies_against_the_shared_schema():
@@ -169,8 +229,9 @@ def test_two_process_ddp_training_with_gloo(tmp_path):
     )
     _ok(proc)
     assert (tmp_path / "models" / "model.pt").is_file()
-    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert state and not any(key.startswith("module.") for key in state)  # DDP wrapper unwrapped on save
+    checkpoint = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert checkpoint["network"]["backbone"] == "resnet34"
+    assert checkpoint["model"] and not any(key.startswith("module.") for key in checkpoint["model"])  # DDP unwrapped
 
 
 def test_readme_training_command_on_a_copy_of_the_bundle(tmp_path):
@@ -180,8 +241,9 @@ def test_readme_training_command_on_a_copy_of_the_bundle(tmp_path):
         shutil.copytree(REPO / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
     proc = run_bundle("run", "training", "--config_file", "configs/train.json", "--max_epochs", "1", cwd=root)
     _ok(proc)
-    state = torch.load(root / "models" / "model.pt", weights_only=True)
-    assert any("layer3.22" in key for key in state)  # ResNet-101's 23-block third stage: the default backbone
+    checkpoint = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert checkpoint["network"]["backbone"] == "resnet101"
+    assert any("layer3.22" in key for key in checkpoint["model"])  # ResNet-101's 23-block third stage: the default
 
 
 @pytest.mark.parametrize("typed, has_rfe", [("false", False), (True, True)])

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bundle.data import inference_inputs
+from bundle.errors import BadInputError, CheckpointError, ConfigError, DataError
+from bundle.images import read_photo
 from bundle.inference import LesionSegmenter
-from bundle.transforms import LesionMaskd, read_photo, write_mask
+from bundle.transforms import LesionMaskd, write_mask
 from monai.transforms import LoadImaged
 
 from .conftest import REPO, run_bundle
@@ -42,17 +45,15 @@ def assert_same_mask(written: np.ndarray, expected: np.ndarray) -> None:
     assert 0 < np.count_nonzero(expected) and differing <= edge, (differing, edge)
 
 
+def red_overrides(output_dir: Path) -> dict:
+    """A network that calls red pixels lesion, no checkpoint, a small working size."""
+    return {"network_def": {"_target_": "tests.nets.RedIsLesion"}, "ckpt_path": "", "output_dir": str(output_dir),
+            "image_size": 64}
+
+
 @pytest.fixture()
 def red_segmenter(tmp_path):
-    return LesionSegmenter(
-        bundle_root=REPO,
-        overrides={
-            "network_def": {"_target_": "tests.nets.RedIsLesion"},
-            "ckpt_path": "",
-            "output_dir": str(tmp_path / "out"),
-            "image_size": 64,
-        },
-    )
+    return LesionSegmenter(bundle_root=REPO, overrides=red_overrides(tmp_path / "out"))
 
 
 def test_mask_keeps_orientation_and_size(tmp_path, red_segmenter):
@@ -239,3 +240,49 @@ def test_metaimage_labelmap_from_slicer_is_read_by_itk(tmp_path):
     assert tuple(raw.shape) == (40, 24, 1)
     loaded = LesionMaskd("label")({"label": raw})["label"]
     np.testing.assert_array_equal(loaded[0].numpy(), mask_wh)
+
+
+def test_segment_array_runs_the_same_pipeline_as_files(tmp_path, red_segmenter):
+    """Slicer/MONAI Label arrays in numpy order: same mask as the file, (H, W) out, nothing written."""
+    photo = asymmetric_photo()
+    Image.fromarray(photo).save(tmp_path / "asym.png")
+    from_file = red_segmenter.segment(tmp_path / "asym.png")
+    from_array = red_segmenter.segment_array(photo)
+    assert from_array["pred"].shape == (64, 96) and from_array["pred"].dtype == np.uint8
+    assert from_array["prob"].shape == (64, 96) and from_array["prob"].dtype == np.float32
+    np.testing.assert_array_equal(from_array["pred"], np.asarray(from_file["pred"]).T)
+    assert_same_mask(from_array["pred"] * 255, expected_mask(photo))
+    assert 0.0 <= from_array["prob"].min() and from_array["prob"].max() <= 1.0
+    np.testing.assert_array_equal(from_array["pred"], from_array["prob"] > 0.5)
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
+    np.testing.assert_array_equal(red_segmenter.segment_array(rgba)["pred"], from_array["pred"])
+    assert red_segmenter.segment_array(photo[..., 1])["pred"].shape == (64, 96)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["asym_mask.png"]
+
+
+def test_library_raises_on_bad_input_and_prints_nothing(tmp_path, capfd):
+    """In-process, as a Slicer worker or a MONAI Label server calls it: exceptions only, no exit, no output."""
+    readable, broken = unusual_and_broken_folder(tmp_path / "in")
+    segmenter = LesionSegmenter(bundle_root=REPO, overrides=red_overrides(tmp_path / "out"))
+    for name in [*broken, "absent.jpg"]:
+        with pytest.raises(BadInputError) as caught:
+            segmenter.segment(tmp_path / "in" / name)
+        assert caught.value.path == str(tmp_path / "in" / name)
+    with pytest.raises(BadInputError, match="uint8"):
+        segmenter.segment_array(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(BadInputError, match=r"\(H, W, 3\)"):
+        segmenter.segment_array(np.zeros((8, 8, 2), np.uint8))
+    results, failures = segmenter.run(sorted((tmp_path / "in").iterdir()))
+    assert len(results) == len(readable)
+    assert sorted(Path(source).name for source, _ in failures) == sorted(broken)
+    with pytest.raises(DataError, match="no input images"):
+        segmenter.runner.main([])
+    with pytest.raises(DataError, match="does not exist"):
+        inference_inputs(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="output_ext: '.xyz' is not one of"):
+        LesionSegmenter(bundle_root=REPO, overrides={**red_overrides(tmp_path / "out"), "output_ext": ".xyz"})
+    (tmp_path / "garbage.pt").write_bytes(b"garbage" * 100)
+    with pytest.raises(CheckpointError, match="garbage.pt: not a PyTorch checkpoint"):
+        LesionSegmenter(bundle_root=REPO, overrides={**red_overrides(tmp_path / "out"), "ckpt_path": str(tmp_path / "garbage.pt")})
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

@@ -492,3 +492,53 @@ def test_real_isic2017_validation_folder(isic_val, tmp_path):
     assert sum(len(items) for items in splits.values()) == 98
     for item in splits["test"]:
         assert Image.open(item["image"]).size == Image.open(item["label"]).size
+
+
+# ------------------------------------------------------------------------------- one reader, one mask rule
+
+
+def test_prepared_cache_and_inference_read_photo_and_mask_alike(tmp_path):
+    """An EXIF-rotated photo and a red-on-black mask: prepare_data's cache, the training reader and inference agree.
+
+    The photo is stored on its side with EXIF orientation 6, so it is displayed 160 x 120 with a red lesion at the
+    top left; the mask is drawn as displayed, lesion red (255, 0, 0) on black: lesion everywhere it is red.
+    """
+    from monai.transforms import LoadImaged
+
+    from bundle.inference import LesionSegmenter
+    from bundle.transforms import LesionMaskd
+
+    from .test_inference import RED, SKIN, assert_same_mask, red_overrides
+
+    displayed = np.zeros((120, 160, 3), np.uint8)
+    displayed[:] = SKIN
+    displayed[10:50, 20:90] = RED
+    lesion = np.zeros((120, 160), np.uint8)
+    lesion[10:50, 20:90] = 255
+    src = tmp_path / "src"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    (src / "images").mkdir(parents=True)
+    Image.fromarray(displayed).transpose(Image.Transpose.ROTATE_90).save(src / "images" / "case.jpg", quality=95, exif=exif)
+    red_on_black = np.zeros((120, 160, 3), np.uint8)
+    red_on_black[lesion > 0] = (255, 0, 0)
+    (src / "masks").mkdir()
+    Image.fromarray(red_on_black).save(src / "masks" / "case.png")
+    out = tmp_path / "out"
+    prepare_data(str(src), out=str(out), cache_size=80)  # the size check passes: photo as displayed vs mask
+
+    (item,) = [i for key in SPLITS for i in load_datalist(out, key=key)]
+    cached_photo, cached_mask = Image.open(item["image"]), np.asarray(Image.open(item["label"]))
+    assert cached_photo.size == (80, 60)  # as displayed, not as stored (60 x 80)
+    expected_cached = np.asarray(Image.fromarray(lesion).resize((80, 60), Image.Resampling.NEAREST))
+    np.testing.assert_array_equal(cached_mask, expected_cached)  # red on black is lesion, not background
+
+    # the training/evaluation reader gives the same mask from the original file
+    label = LesionMaskd("label")(LoadImaged("label", image_only=True)({"label": item["label_orig"]}))["label"]
+    np.testing.assert_array_equal(label[0].numpy().T * 255, lesion)
+
+    # inference sees the same geometry: the red lesion where the masks have it, in the original and in the cache
+    segmenter = LesionSegmenter(bundle_root=REPO, overrides=red_overrides(tmp_path / "masks"))
+    original = np.asarray(Image.open(segmenter.segment(item["image_orig"])["pred_path"]))
+    assert_same_mask(original, lesion)
+    assert_same_mask(np.asarray(Image.open(segmenter.segment(item["image"])["pred_path"])), cached_mask)

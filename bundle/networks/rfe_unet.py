@@ -14,6 +14,8 @@ import torch
 from monai.networks.nets import ResNet
 from torch import nn
 
+from bundle.checkpoint import read_checkpoint, unwrap_state_dict
+from bundle.errors import CheckpointError
 from bundle.networks.blocks import SPPF, C2f, Conv, MaxPool2d
 
 __all__ = ["BACKBONES", "RFE", "DecoderStage", "RFEUNet", "adapt_stem_weight", "load_encoder_weights"]
@@ -216,7 +218,8 @@ def adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     """Load a torchvision-layout ResNet state_dict from the local file ``path`` into ``encoder``.
 
-    Reads with ``torch.load(..., weights_only=True)``; unwraps ``{"state_dict": ...}`` / ``{"model": ...}``;
+    Reads with ``bundle.checkpoint.read_checkpoint`` (``weights_only=True``) and unwraps with
+    ``bundle.checkpoint.unwrap_state_dict`` (``{"state_dict": ...}`` / ``{"model": ...}``);
     drops the classifier (``fc.*``); adapts an RGB ``conv1.weight`` to the encoder's input channels (see
     :func:`adapt_stem_weight`). Encoder tensors the file lacks and file tensors the encoder lacks are logged.
 
@@ -228,16 +231,10 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     if not path.is_file():
         raise ValueError(f"Pretrained weights file {path} does not exist.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for non-checkpoint bytes
-        raise ValueError(f"Pretrained weights file {path} could not be read by torch.load: {error}") from error
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
-    if not isinstance(state, dict) or not all(
-        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
-    ):
+        state = unwrap_state_dict(read_checkpoint(path))
+    except CheckpointError as error:
+        raise ValueError(f"Pretrained weights file {path} could not be read by torch.load: {error.reason}") from None
+    if state is None:
         raise ValueError(f"Pretrained weights file {path} does not hold a state_dict (names mapped to tensors).")
 
     own = encoder.state_dict()

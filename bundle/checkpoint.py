@@ -1,0 +1,299 @@
+"""Checkpoints that know their network: reading, unwrapping, the recorded settings, and loading into a network.
+
+Training writes ``models/model.pt`` as ``{"model": <state_dict>, "network": <settings>}`` (through
+:class:`NetworkCheckpoint`), where the settings are plain values — ``name``, ``backbone``, ``rfe``, ``in_channels``,
+``out_channels``, ``image_size``, ``pixel_mean``, ``pixel_std`` — so ``torch.load(weights_only=True)`` reads it,
+MONAI Label's ``checkpoint.get("model", checkpoint)`` and ``ckpt_export --key_in_ckpt model`` find the weights, and
+``configs/inference.json`` takes the network from it. Bare state_dicts (older files, other tools) still load.
+
+Every checkpoint is read by :func:`read_checkpoint` with ``weights_only=True``: a file holding anything but tensors
+and plain values is refused, never retried in a mode that would run code from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bundle.errors import CheckpointError, CheckpointMismatchError, MissingCheckpointError
+
+__all__ = [
+    "NetworkCheckpoint",
+    "check_settings",
+    "export_torchscript",
+    "first_existing",
+    "load_weights",
+    "network_settings",
+    "read_checkpoint",
+    "unwrap_state_dict",
+]
+
+logger = logging.getLogger(__name__)
+
+# Keys under which other tools wrap a state_dict, tried in this order.
+WRAPPER_KEYS = ("model", "state_dict", "network")
+_DDP_PREFIX = "module."
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)``, with one clear :class:`CheckpointError` for files it cannot read.
+
+    Args:
+        path: the checkpoint file.
+        map_location: as for ``torch.load``.
+        mmap: map the tensors instead of reading them (cheap when only the settings are wanted); ignored for files
+            in torch's legacy format, which cannot be mapped.
+
+    Raises:
+        MissingCheckpointError: ``path`` is not a file.
+        CheckpointError: the file is empty, truncated, not a PyTorch checkpoint, or holds Python objects that
+            ``weights_only`` refuses (loading those could run code, so they are never loaded).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingCheckpointError(path, "no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(path, "empty file, not a PyTorch checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as error:
+        detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()
+        if detail and "Unsupported global" in detail[0]:
+            raise CheckpointError(
+                path, "holds Python objects besides tensors and plain values; refused, since loading them could run code"
+            ) from None
+        raise CheckpointError(path, "not a PyTorch checkpoint, or a damaged one") from None
+    except (RuntimeError, OSError, EOFError, ValueError, AttributeError, KeyError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(path, f"truncated or damaged PyTorch checkpoint ({first})") from None
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, Mapping) and bool(value) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    )
+
+
+def unwrap_state_dict(checkpoint: Any) -> dict[str, torch.Tensor] | None:
+    """The name → tensor mapping inside ``checkpoint``, or None when there is none.
+
+    Accepts a bare state_dict, or one under the first of :data:`WRAPPER_KEYS` that holds one (this bundle's
+    ``{"model": ..., "network": settings}``, a last checkpoint's ``{"model": ..., "optimizer": ...}``,
+    ``{"state_dict": ...}`` of Lightning and torchvision-style files). DDP's ``module.`` prefix is removed.
+    """
+    state = checkpoint
+    if not _is_state_dict(state):
+        wrapped = state if isinstance(state, Mapping) else {}
+        state = next((wrapped[key] for key in WRAPPER_KEYS if _is_state_dict(wrapped.get(key))), None)
+    if state is None:
+        return None
+    return {k[len(_DDP_PREFIX) :] if k.startswith(_DDP_PREFIX) else k: v for k, v in state.items()}
+
+
+def _plain(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` as JSON-compatible values (tuples become lists), or a ValueError naming what is not."""
+    try:
+        return json.loads(json.dumps(dict(settings)))
+    except TypeError as error:
+        raise ValueError(f"network settings must be plain values: {error}") from None
+
+
+def network_settings(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The network settings recorded in the checkpoint at ``path``; None for a bare state_dict or no file.
+
+    Raises:
+        CheckpointError: the file exists but cannot be read (see :func:`read_checkpoint`).
+    """
+    if not path or not Path(path).is_file():
+        return None
+    return _recorded_settings(read_checkpoint(path, mmap=True))
+
+
+def _recorded_settings(checkpoint: Any) -> dict[str, Any] | None:
+    settings = checkpoint.get("network") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(settings, Mapping) or _is_state_dict(settings):
+        return None
+    return dict(settings)
+
+
+def first_existing(*paths: str | os.PathLike) -> str:
+    """The first of ``paths`` that is a file, else the first one (whose absence the loader then reports)."""
+    for index, path in enumerate(paths):
+        if path and Path(path).is_file():
+            if index:
+                logger.info("No %s; using %s", paths[0], path)
+            return str(path)
+    return str(paths[0])
+
+
+def _encoder_of(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The ResNet backbone a bare RFE U-Net state_dict was made with, judged by its blocks; None if unknown."""
+    from bundle.networks.rfe_unet import BACKBONES
+
+    layer3 = {int(k.split(".")[2]) for k in state if k.startswith("encoder.layer3.")}
+    block = "bottleneck" if any(k.startswith("encoder.layer1.0.conv3.") for k in state) else "basic"
+    for name, (kind, layers) in BACKBONES.items():
+        if layer3 and kind == block and layers[2] == max(layer3) + 1:
+            return name
+    return None
+
+
+def check_settings(path: str | os.PathLike, recorded: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+    """Raise :class:`CheckpointMismatchError` naming both values of every setting where the two differ."""
+    differing = [key for key in expected if key in recorded and _plain({"v": recorded[key]}) != _plain({"v": expected[key]})]
+    if differing:
+        trained = ", ".join(f"{key} {recorded[key]!r}" for key in differing)
+        asked = ", ".join(f"{key} {expected[key]!r}" for key in differing)
+        raise CheckpointMismatchError(
+            path, f"trained with {trained}, but the configuration asks for {asked}; leave those options out to use "
+            "the checkpoint's, or give the checkpoint that was trained with them"
+        )
+
+
+def load_weights(
+    network: torch.nn.Module,
+    ckpt_path: str | os.PathLike | None,
+    map_location: Any = "cpu",
+    required: bool = False,
+    expected: Mapping[str, Any] | None = None,
+) -> bool:
+    """Load the checkpoint at ``ckpt_path`` into ``network`` (or its DDP ``module``).
+
+    Args:
+        network: the network the configuration built.
+        ckpt_path: the checkpoint; any form :func:`unwrap_state_dict` accepts.
+        map_location: as for ``torch.load``.
+        required: without a checkpoint, raise instead of warning (evaluation never scores random weights).
+        expected: the settings the configuration built ``network`` with; any that the checkpoint records
+            differently is an error naming both values.
+
+    Returns:
+        True when weights were loaded; False (after a loud warning) when there is no checkpoint and not ``required``.
+
+    Raises:
+        MissingCheckpointError: no file at ``ckpt_path`` and ``required``.
+        CheckpointError: unreadable file, or no state_dict in it.
+        CheckpointMismatchError: recorded settings differ from ``expected``, or the weights do not fit ``network``
+            (the message names the checkpoint's backbone and the configured one).
+    """
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        if required:
+            raise MissingCheckpointError(ckpt_path or "ckpt_path", "no trained weights; train first or set ckpt_path")
+        logger.warning(
+            "!!! No trained weights at %s: the network has RANDOM weights and its masks are meaningless. "
+            "Train first (python -m monai.bundle run training --config_file configs/train.json) or set ckpt_path.",
+            ckpt_path,
+        )
+        return False
+    checkpoint = read_checkpoint(ckpt_path, map_location=map_location)
+    state = unwrap_state_dict(checkpoint)
+    if state is None:
+        raise CheckpointError(ckpt_path, "holds no state_dict (a mapping of parameter names to tensors)")
+    recorded = _recorded_settings(checkpoint)
+    if expected and recorded:
+        check_settings(ckpt_path, recorded, expected)
+    target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        found = recorded.get("backbone") if recorded else _encoder_of(state)
+        asked = (expected or {}).get("backbone", "?")
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointMismatchError(
+            ckpt_path, f"its weights are a {found or 'different'} network and do not fit the configured backbone "
+            f"{asked} ({first}); leave --backbone out or give the checkpoint trained with {asked}"
+        ) from None
+    logger.info("Loaded weights from %s", ckpt_path)
+    return True
+
+
+class NetworkCheckpoint:
+    """What ``CheckpointSaver`` saves as ``model.pt``: the network's weights and the settings it was built with.
+
+    Saved alone (one key in ``save_dict``), ignite writes :meth:`state_dict` as the whole file:
+    ``{"model": <state_dict>, "network": <settings>}``. DDP's wrapper is unwrapped, so names have no ``module.``.
+    """
+
+    def __init__(self, network: torch.nn.Module, settings: Mapping[str, Any]) -> None:
+        self.network = network
+        self.settings = _plain(settings)
+
+    def _target(self) -> torch.nn.Module:
+        network = self.network
+        return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self._target().state_dict(), "network": dict(self.settings)}
+
+    def load_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
+        state = unwrap_state_dict(checkpoint)
+        if state is None:
+            raise CheckpointError("checkpoint", "holds no state_dict (a mapping of parameter names to tensors)")
+        self._target().load_state_dict(state)
+
+
+# Config keys of configs/inference.json that hold each recorded setting.
+SETTING_KEYS = {
+    "name": "network_name",
+    "backbone": "backbone",
+    "rfe": "rfe",
+    "image_size": "image_size",
+    "pixel_mean": "pixel_mean",
+    "pixel_std": "pixel_std",
+}
+
+
+def export_torchscript(
+    ckpt_path: str | os.PathLike,
+    filepath: str | os.PathLike,
+    settings: Mapping[str, Any] | None = None,
+    config_file: str | os.PathLike = "configs/inference.json",
+    meta_file: str | os.PathLike = "configs/metadata.json",
+) -> Path:
+    """Export the checkpoint as TorchScript with MONAI's ``ckpt_export``, embedding a true ``inference.json``.
+
+    ``ckpt_export`` embeds the config file it is given as it is written; ``configs/inference.json`` takes the
+    network from the checkpoint, which the TorchScript file no longer has. So the embedded copy is ``config_file``
+    with the :data:`SETTING_KEYS` written as the values in ``settings`` (the config's, checked against the
+    checkpoint; the checkpoint's own when None), e.g. ``"backbone": "resnet34"``, ``"image_size": 128``. The
+    default paths are relative to the bundle root, where the bundle runner starts.
+
+    Returns:
+        ``filepath``.
+
+    Raises:
+        MissingCheckpointError, CheckpointError, CheckpointMismatchError: as :func:`load_weights`.
+    """
+    import tempfile
+
+    from monai.bundle import ConfigParser, ckpt_export
+
+    checkpoint = read_checkpoint(ckpt_path, mmap=True)
+    recorded = _recorded_settings(checkpoint)
+    settings = _plain(settings or recorded or {})
+    if recorded:
+        check_settings(ckpt_path, recorded, settings)
+    wrapped = isinstance(checkpoint, Mapping) and not _is_state_dict(checkpoint)
+    key_in_ckpt = next((key for key in WRAPPER_KEYS if _is_state_dict(checkpoint.get(key))), "") if wrapped else ""
+    config = ConfigParser.load_config_file(config_file)
+    config.update({key: settings[setting] for setting, key in SETTING_KEYS.items() if setting in settings})
+    with tempfile.TemporaryDirectory() as folder:
+        embedded = Path(folder) / "inference.json"
+        embedded.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+        ckpt_export(
+            net_id="network_def",
+            filepath=str(filepath),
+            ckpt_file=str(ckpt_path),
+            meta_file=str(meta_file),
+            config_file=str(embedded),
+            key_in_ckpt=key_in_ckpt,
+        )
+    return Path(filepath)

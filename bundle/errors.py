@@ -1,0 +1,81 @@
+"""The bundle's exceptions. Library code raises them and never prints or exits; the command-line entry points
+(``bundle.cli``, the scripts) turn them into one ``ERROR`` line and an exit status.
+
+Each is also a ``ValueError``, so callers that caught that before still do.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "BundleError",
+    "ConfigError",
+    "DataError",
+    "BadInputError",
+    "CheckpointError",
+    "MissingCheckpointError",
+    "CheckpointMismatchError",
+    "innermost",
+]
+
+
+class BundleError(Exception):
+    """Base class: a problem the user can fix, described in one line.
+
+    ``exit_code`` is the status a command-line entry point exits with: 2 when the run cannot start (configuration,
+    data set, weights), 1 when it ran but inputs failed.
+    """
+
+    exit_code = 1
+
+
+class ConfigError(BundleError, ValueError):
+    """A configuration value that cannot work: an unknown option, an impossible number, an unknown key."""
+
+    exit_code = 2
+
+
+class DataError(BundleError, ValueError):
+    """A data set that cannot be used: missing or empty folder, bad datalist, missing files."""
+
+    exit_code = 2
+
+
+class BadInputError(BundleError, ValueError):
+    """One input file (photograph or mask) that cannot be read; ``path`` names it, ``reason`` says why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class CheckpointError(BundleError, ValueError):
+    """A checkpoint file that cannot be used; ``path`` names it."""
+
+    exit_code = 2
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class MissingCheckpointError(CheckpointError):
+    """No checkpoint where one is required (evaluation never runs on random weights)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint's network differs from the one the configuration asks for; the message names both."""
+
+
+def innermost(error: BaseException) -> BaseException:
+    """The exception at the bottom of ``error``'s chain of causes.
+
+    MONAI wraps a failing transform or config item in ``RuntimeError("applying transform ...")`` / ``"Failed to
+    instantiate ..."``; the innermost cause is the one that says what is wrong.
+    """
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error

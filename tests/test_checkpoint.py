@@ -1,0 +1,141 @@
+"""Checkpoints that know their network: reading, unwrapping, settings, default weights, mismatches (real files)."""
+
+from __future__ import annotations
+
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+from bundle.checkpoint import (
+    NetworkCheckpoint,
+    load_weights,
+    network_settings,
+    read_checkpoint,
+    unwrap_state_dict,
+)
+from bundle.errors import CheckpointError, CheckpointMismatchError, ConfigError, MissingCheckpointError
+from bundle.inference import LesionSegmenter
+from bundle.networks import RFEUNet
+
+from .conftest import REPO
+
+DEMO_NAME = "rfeunet_resnet34_isic2017_128.pt"
+SETTINGS = {
+    "name": "rfeunet", "backbone": "resnet34", "rfe": True, "in_channels": 3, "out_channels": 2, "image_size": 128,
+    "pixel_mean": [0.485, 0.456, 0.406], "pixel_std": [0.229, 0.224, 0.225],
+}
+
+
+@pytest.fixture(scope="module")
+def resnet34() -> RFEUNet:
+    return RFEUNet("resnet34").eval()
+
+
+def test_unwrap_accepts_every_wrapper_and_ddp_prefix():
+    state = OrderedDict(w=torch.ones(2), b=torch.zeros(1))
+    prefixed = OrderedDict((f"module.{k}", v) for k, v in state.items())
+    for checkpoint in (
+        state, prefixed, {"model": state, "network": dict(SETTINGS)}, {"model": prefixed, "optimizer": {"lr": 1}},
+        {"state_dict": state}, {"network": state},
+    ):
+        unwrapped = unwrap_state_dict(checkpoint)
+        assert list(unwrapped) == ["w", "b"] and unwrapped["w"] is state["w"], checkpoint
+    assert unwrap_state_dict({"epoch": 3}) is None
+    assert unwrap_state_dict([torch.ones(1)]) is None
+
+
+def test_network_checkpoint_writes_what_weights_only_reads(tmp_path, resnet34):
+    path = tmp_path / "model.pt"
+    torch.save(NetworkCheckpoint(resnet34, SETTINGS).state_dict(), path)
+    loaded = torch.load(path, weights_only=True)
+    assert set(loaded) == {"model", "network"}
+    assert loaded["network"] == SETTINGS
+    assert network_settings(path) == SETTINGS
+    assert loaded.get("model", loaded).keys() == resnet34.state_dict().keys()  # what MONAI Label reads
+
+
+def test_settings_must_be_plain_values(resnet34):
+    with pytest.raises(ValueError, match="plain values"):
+        NetworkCheckpoint(resnet34, {"device": torch.device("cpu")})
+
+
+def test_bare_state_dicts_still_load_and_have_no_settings(tmp_path, resnet34):
+    path = tmp_path / "bare.pt"
+    torch.save(resnet34.state_dict(), path)
+    assert network_settings(path) is None
+    network = RFEUNet("resnet34")
+    assert load_weights(network, path, expected={"backbone": "resnet34"})
+    torch.testing.assert_close(network.state_dict(), resnet34.state_dict())
+
+
+def test_mismatch_names_the_checkpoints_backbone_and_the_requested_one(tmp_path, resnet34):
+    recorded, bare = tmp_path / "recorded.pt", tmp_path / "bare.pt"
+    torch.save(NetworkCheckpoint(resnet34, SETTINGS).state_dict(), recorded)
+    torch.save(resnet34.state_dict(), bare)
+    network = RFEUNet("resnet50")
+    with pytest.raises(CheckpointMismatchError, match=r"recorded.pt: trained with backbone 'resnet34'.*asks for backbone 'resnet50'"):
+        load_weights(network, recorded, expected={**SETTINGS, "backbone": "resnet50"})
+    with pytest.raises(CheckpointMismatchError, match=r"bare.pt: its weights are a resnet34 network .* backbone resnet50"):
+        load_weights(network, bare, expected={**SETTINGS, "backbone": "resnet50"})
+    with pytest.raises(CheckpointMismatchError, match=r"image_size 128, but the configuration asks for image_size 64"):
+        load_weights(RFEUNet("resnet34"), recorded, expected={**SETTINGS, "image_size": 64})
+
+
+def test_unreadable_checkpoints_get_one_line_and_no_weights_only_advice(tmp_path, resnet34):
+    good = tmp_path / "good.pt"
+    torch.save(NetworkCheckpoint(resnet34, SETTINGS).state_dict(), good)
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("not a checkpoint\n")
+    torch.save({"when": Path("/tmp")}, tmp_path / "object.pt")  # a pickled Python object: refused, never run
+    cases = {"truncated.pt": "truncated or damaged", "empty.pt": "empty file", "text.pt": "not a PyTorch checkpoint",
+             "object.pt": "could run code"}
+    for name, reason in cases.items():
+        with pytest.raises(CheckpointError, match=reason) as caught:
+            read_checkpoint(tmp_path / name)
+        message = str(caught.value)
+        assert message.startswith(str(tmp_path / name)) and "\n" not in message
+        assert "weights_only" not in message, message
+    with pytest.raises(MissingCheckpointError):
+        load_weights(RFEUNet("resnet34"), tmp_path / "absent.pt", required=True)
+    assert load_weights(RFEUNet("resnet34"), tmp_path / "absent.pt") is False
+
+
+def _bundle_copy(root: Path) -> Path:
+    shutil.copytree(REPO / "configs", root / "configs")
+    return root
+
+
+def test_default_weights_fall_back_to_the_demo_checkpoint(tmp_path, resnet34):
+    """No models/model.pt: the demo checkpoint (fp16, settings recorded) is used, and its settings with it."""
+    root = _bundle_copy(tmp_path / "bundle")
+    demo = root / "models" / "demo" / DEMO_NAME
+    demo.parent.mkdir(parents=True)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in resnet34.state_dict().items()}
+    torch.save({"model": half, "network": SETTINGS}, demo)
+    segmenter = LesionSegmenter(bundle_root=root, overrides={"output_dir": str(tmp_path / "out")})
+    assert segmenter.parser.get_parsed_content("ckpt_path") == str(demo)
+    assert segmenter.runner.has_weights
+    assert segmenter.parser.get_parsed_content("network_settings")["image_size"] == 128
+    assert len(segmenter.runner.network.encoder.layer3) == 6  # ResNet-34, not the config's ResNet-101 default
+
+    trained = {**SETTINGS, "image_size": 64}
+    torch.save(NetworkCheckpoint(resnet34, trained).state_dict(), root / "models" / "model.pt")
+    segmenter = LesionSegmenter(bundle_root=root, overrides={"output_dir": str(tmp_path / "out")})
+    assert segmenter.parser.get_parsed_content("ckpt_path") == str(root / "models" / "model.pt")
+    assert segmenter.parser.get_parsed_content("network_settings")["image_size"] == 64
+
+
+def test_explicit_override_that_disagrees_is_an_error_naming_both(tmp_path, resnet34):
+    root = _bundle_copy(tmp_path / "bundle")
+    (root / "models").mkdir()
+    torch.save(NetworkCheckpoint(resnet34, SETTINGS).state_dict(), root / "models" / "model.pt")
+    with pytest.raises(CheckpointMismatchError, match=r"image_size 128, but the configuration asks for image_size 96"):
+        LesionSegmenter(bundle_root=root, overrides={"image_size": 96})
+    with pytest.raises(ConfigError, match=r"image_size: 100 is not a multiple of 32"):
+        LesionSegmenter(bundle_root=root, overrides={"image_size": 100})
+    agreeing = LesionSegmenter(bundle_root=root, overrides={"image_size": 128, "backbone": "resnet34"})
+    assert agreeing.runner.has_weights
