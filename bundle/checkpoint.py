@@ -68,7 +68,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
         detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()
         if detail and "Unsupported global" in detail[0]:
             raise CheckpointError(
-                path, "holds Python objects besides tensors and plain values; refused, since loading them could run code"
+                path,
+                "holds Python objects besides tensors and plain values; refused, since loading them could run code",
             ) from None
         raise CheckpointError(path, "not a PyTorch checkpoint, or a damaged one") from None
     except (RuntimeError, OSError, EOFError, ValueError, AttributeError, KeyError) as error:
@@ -77,8 +78,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
 
 
 def _is_state_dict(value: Any) -> bool:
-    return isinstance(value, Mapping) and bool(value) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
     )
 
 
@@ -148,13 +151,16 @@ def _encoder_of(state: Mapping[str, torch.Tensor]) -> str | None:
 
 def check_settings(path: str | os.PathLike, recorded: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
     """Raise :class:`CheckpointMismatchError` naming both values of every setting where the two differ."""
-    differing = [key for key in expected if key in recorded and _plain({"v": recorded[key]}) != _plain({"v": expected[key]})]
+    differing = [
+        key for key in expected if key in recorded and _plain({"v": recorded[key]}) != _plain({"v": expected[key]})
+    ]
     if differing:
         trained = ", ".join(f"{key} {recorded[key]!r}" for key in differing)
         asked = ", ".join(f"{key} {expected[key]!r}" for key in differing)
         raise CheckpointMismatchError(
-            path, f"trained with {trained}, but the configuration asks for {asked}; leave those options out to use "
-            "the checkpoint's, or give the checkpoint that was trained with them"
+            path,
+            f"trained with {trained}, but the configuration asks for {asked}; leave those options out to use "
+            "the checkpoint's, or give the checkpoint that was trained with them",
         )
 
 
@@ -208,8 +214,9 @@ def load_weights(
         asked = (expected or {}).get("backbone", "?")
         first = str(error).strip().splitlines()[0]
         raise CheckpointMismatchError(
-            ckpt_path, f"its weights are a {found or 'different'} network and do not fit the configured backbone "
-            f"{asked} ({first}); leave --backbone out or give the checkpoint trained with {asked}"
+            ckpt_path,
+            f"its weights are a {found or 'different'} network and do not fit the configured backbone "
+            f"{asked} ({first}); leave --backbone out or give the checkpoint trained with {asked}",
         ) from None
     logger.info("Loaded weights from %s", ckpt_path)
     return True

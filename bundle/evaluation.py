@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from bundle.files import atomic_write, write_text_atomically
-from bundle.metrics import SegmentationScores
 from bundle.images import read_photo
+from bundle.metrics import SegmentationScores
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +30,16 @@ OVERLAP_COLOUR = (255, 255, 255)  # white
 def overlay(photo_rgb: np.ndarray, pred_hw: np.ndarray, truth_hw: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """Blend prediction (green), ground truth (purple) and their overlap (white) over an (H, W, 3) photograph."""
     if photo_rgb.shape[:2] != pred_hw.shape or pred_hw.shape != truth_hw.shape:
-        raise ValueError(f"overlay shapes differ: photo {photo_rgb.shape}, pred {pred_hw.shape}, truth {truth_hw.shape}")
+        raise ValueError(
+            f"overlay shapes differ: photo {photo_rgb.shape}, pred {pred_hw.shape}, truth {truth_hw.shape}"
+        )
     out = photo_rgb.astype(np.float32).copy()
     pred, truth = pred_hw.astype(bool), truth_hw.astype(bool)
-    for region, colour in ((pred & ~truth, PREDICTION_COLOUR), (truth & ~pred, TRUTH_COLOUR), (pred & truth, OVERLAP_COLOUR)):
+    for region, colour in (
+        (pred & ~truth, PREDICTION_COLOUR),
+        (truth & ~pred, TRUTH_COLOUR),
+        (pred & truth, OVERLAP_COLOUR),
+    ):
         out[region] = (1 - alpha) * out[region] + alpha * np.asarray(colour, np.float32)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
@@ -93,7 +99,7 @@ class SegmentationReport:
 
     def iteration_completed(self, engine) -> None:
         # The evaluator's output keeps only image/label/pred; the other keys (label_orig) are in the batch.
-        for batch_item, output_item in zip(engine.state.batch, engine.state.output):
+        for batch_item, output_item in zip(engine.state.batch, engine.state.output, strict=True):
             self.add({**batch_item, **output_item})
 
     def add(self, item: dict) -> None:
@@ -102,7 +108,9 @@ class SegmentationReport:
         self.scores["working"].add(_as_hw(item["pred_work"]), _as_hw(item["label"]), name=name)
         pred, truth = _as_hw(item["pred"]), _as_hw(item["label_orig"])
         row = self.scores["original"].add(pred, truth, name=name)
-        logger.info("%s: IoU %.4f Dice %.4f (original size %dx%d)", name, row["iou"], row["dice"], pred.shape[1], pred.shape[0])
+        logger.info(
+            "%s: IoU %.4f Dice %.4f (original size %dx%d)", name, row["iou"], row["dice"], pred.shape[1], pred.shape[0]
+        )
         if self.save_overlays and source:
             self._write_overlay(source, pred, truth)
 
@@ -131,8 +139,14 @@ class SegmentationReport:
         for res, values in summary.items():
             logger.info(
                 "%s resolution: mIoU %.4f mDice %.4f IoU* %.4f Dice* %.4f TJ %.4f HD95 %.2f px (%d images)",
-                res, values["mIoU"], values["mDice"], values["IoU_star"], values["Dice_star"],
-                values["thresholded_jaccard"], values["HD95"], values["n_images"],
+                res,
+                values["mIoU"],
+                values["mDice"],
+                values["IoU_star"],
+                values["Dice_star"],
+                values["thresholded_jaccard"],
+                values["HD95"],
+                values["n_images"],
             )
         return summary
 

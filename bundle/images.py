@@ -15,8 +15,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bundle.errors import BadInputError
 
-__all__ = ["EXIF_ORIENTATION", "displayed_size", "lesion_binary", "photo_from_array", "read_mask", "read_photo",
-           "to_display_rgb"]
+__all__ = [
+    "EXIF_ORIENTATION",
+    "displayed_size",
+    "lesion_binary",
+    "photo_from_array",
+    "read_mask",
+    "read_photo",
+    "to_display_rgb",
+]
 
 EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height

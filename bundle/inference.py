@@ -221,8 +221,8 @@ class LesionSegmenter:
     Example::
 
         segmenter = LesionSegmenter(bundle_root=".", overrides={"output_dir": "/tmp/masks"})
-        mask_wh = segmenter.segment("lesion.jpg")["pred"]          # (W, H) tensor of 0/1, mask file written
-        result = segmenter.segment_array(rgb_hw3)                  # {"pred": (H, W) uint8, "prob": (H, W) float32}
+        mask_wh = segmenter.segment("lesion.jpg")["pred"]  # (W, H) tensor of 0/1, mask file written
+        result = segmenter.segment_array(rgb_hw3)  # {"pred": (H, W) uint8, "prob": (H, W) float32}
 
     Args:
         bundle_root: the bundle folder (default: the one holding this package).

@@ -54,8 +54,6 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python scripts/prepare_data.py`: make `bundle` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.files import atomic_write  # noqa: E402
-from bundle.images import displayed_size, read_mask, read_photo  # noqa: E402
 from bundle.data import (  # noqa: E402
     DATALIST_NAME,
     DEFAULT_SPLIT_FRACTIONS,
@@ -69,6 +67,8 @@ from bundle.data import (  # noqa: E402
     split_items,
     write_datalist,
 )
+from bundle.files import atomic_write  # noqa: E402
+from bundle.images import displayed_size, read_mask, read_photo  # noqa: E402
 
 LAYOUTS = ("isic2016", "isic2017", "isic2017_256", "isic2018", "ph2", "generic")
 ISIC_SUFFIXES = ("_segmentation",)  # matched case-insensitively: 2016 writes "_Segmentation"

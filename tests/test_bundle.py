@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from monai.bundle import ConfigParser
 
 from .conftest import REPO, SHARED, run_bundle
@@ -33,8 +32,17 @@ def trained_root(tmp_path_factory) -> Path:
     """One short training on the embedded sample, shared by the tests below (bundle_root outside the repo)."""
     root = tmp_path_factory.mktemp("bundle_root")
     proc = run_bundle(
-        "run", "training", "--config_file", "configs/train.json", "--max_epochs", "1", "--bundle_root", str(root),
-        "--dataset_dir", str(REPO / "sample_data"), *TRAINED,
+        "run",
+        "training",
+        "--config_file",
+        "configs/train.json",
+        "--max_epochs",
+        "1",
+        "--bundle_root",
+        str(root),
+        "--dataset_dir",
+        str(REPO / "sample_data"),
+        *TRAINED,
     )
     _ok(proc)
     return root
@@ -48,8 +56,14 @@ def test_training_writes_best_and_last_checkpoints(trained_root):
     assert set(checkpoint) == {"model", "network"}
     assert any(key.startswith("encoder.layer3.5.") for key in checkpoint["model"])  # ResNet-34's six blocks
     assert checkpoint["network"] == {
-        "name": "rfeunet", "backbone": "resnet34", "rfe": True, "in_channels": 3, "out_channels": 2,
-        "image_size": 128, "pixel_mean": [0.485, 0.456, 0.406], "pixel_std": [0.229, 0.224, 0.225],
+        "name": "rfeunet",
+        "backbone": "resnet34",
+        "rfe": True,
+        "in_channels": 3,
+        "out_channels": 2,
+        "image_size": 128,
+        "pixel_mean": [0.485, 0.456, 0.406],
+        "pixel_std": [0.229, 0.224, 0.225],
     }
 
 
@@ -57,8 +71,19 @@ def test_training_resumes_from_the_last_checkpoint(trained_root, tmp_path):
     root = tmp_path / "resume"
     shutil.copytree(trained_root / "models", root / "models")
     proc = run_bundle(
-        "run", "training", "--config_file", "configs/train.json", "--max_epochs", "2", "--resume", "true",
-        "--bundle_root", str(root), "--dataset_dir", str(REPO / "sample_data"), *TRAINED,
+        "run",
+        "training",
+        "--config_file",
+        "configs/train.json",
+        "--max_epochs",
+        "2",
+        "--resume",
+        "true",
+        "--bundle_root",
+        str(root),
+        "--dataset_dir",
+        str(REPO / "sample_data"),
+        *TRAINED,
     )
     _ok(proc)
     log = proc.stdout + proc.stderr
@@ -67,7 +92,9 @@ def test_training_resumes_from_the_last_checkpoint(trained_root, tmp_path):
     # the best validation score survives the resume, so model.pt is only replaced by a better epoch
     stored = torch.load(trained_root / "models" / "last_checkpoint_epoch=1.pt", weights_only=True)["validator"]
     assert stored["best_metric_epoch"] == 1
-    best_after = [float(line.split("best value: ")[1].split()[0]) for line in log.splitlines() if "best value: " in line]
+    best_after = [
+        float(line.split("best value: ")[1].split()[0]) for line in log.splitlines() if "best value: " in line
+    ]
     assert best_after and best_after[-1] >= stored["best_metric"]
 
 
@@ -78,7 +105,10 @@ def test_evaluation_on_real_photographs_reports_both_resolutions(trained_root, i
 
     cache = tmp_path / "cache"
     cache.mkdir()
-    for name, resample in (("ISIC_0012288.jpg", Image.Resampling.BILINEAR), ("ISIC_0012288_mask.png", Image.Resampling.NEAREST)):
+    for name, resample in (
+        ("ISIC_0012288.jpg", Image.Resampling.BILINEAR),
+        ("ISIC_0012288_mask.png", Image.Resampling.NEAREST),
+    ):
         Image.open(isic_val / "full_resolution" / name).resize((512, 340), resample).save(cache / name)
     pairs = [
         {"image": "images/ISIC_0001769.jpg", "label": "masks/ISIC_0001769.png"},
@@ -91,8 +121,17 @@ def test_evaluation_on_real_photographs_reports_both_resolutions(trained_root, i
     ]
     datalist.write_text(json.dumps({"training": pairs, "validation": pairs, "test": pairs}))
     proc = run_bundle(
-        "run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--bundle_root", str(trained_root),
-        "--dataset_dir", str(isic_val), "--datalist", str(datalist), "--num_workers", "0",
+        "run",
+        "--config_file",
+        "['configs/train.json','configs/evaluate.json']",
+        "--bundle_root",
+        str(trained_root),
+        "--dataset_dir",
+        str(isic_val),
+        "--datalist",
+        str(datalist),
+        "--num_workers",
+        "0",
     )
     _ok(proc)
     report = json.loads((trained_root / "eval" / "metrics.json").read_text())
@@ -112,8 +151,14 @@ def test_evaluation_on_real_photographs_reports_both_resolutions(trained_root, i
 
 def test_evaluation_refuses_random_weights(tmp_path):
     proc = run_bundle(
-        "run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--bundle_root", str(tmp_path),
-        "--dataset_dir", str(REPO / "sample_data"), *FAST,
+        "run",
+        "--config_file",
+        "['configs/train.json','configs/evaluate.json']",
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        str(REPO / "sample_data"),
+        *FAST,
     )
     assert proc.returncode == 2
     assert "no trained weights" in proc.stderr and "Traceback" not in proc.stderr
@@ -136,18 +181,48 @@ def test_exports_take_the_network_from_the_checkpoint(trained_root):
     _ok(run_bundle("verify_net_in_out", "network_def", *common))
     _ok(run_bundle("run", "export", "--config_file", "configs/inference.json", *root))
     plain = trained_root / "plain.ts"
-    _ok(run_bundle("ckpt_export", "network_def", "--filepath", str(plain), "--ckpt_file", ckpt, "--key_in_ckpt", "model", *common))
-    _ok(run_bundle(
-        "onnx_export", "network_def", "--filepath", str(trained_root / "model.onnx"), "--ckpt_file", ckpt,
-        "--key_in_ckpt", "model", "--input_shape", "[1, 3, 128, 128]", *common,
-    ))
+    _ok(
+        run_bundle(
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            str(plain),
+            "--ckpt_file",
+            ckpt,
+            "--key_in_ckpt",
+            "model",
+            *common,
+        )
+    )
+    _ok(
+        run_bundle(
+            "onnx_export",
+            "network_def",
+            "--filepath",
+            str(trained_root / "model.onnx"),
+            "--ckpt_file",
+            ckpt,
+            "--key_in_ckpt",
+            "model",
+            "--input_shape",
+            "[1, 3, 128, 128]",
+            *common,
+        )
+    )
     from monai.data import load_net_with_metadata
 
     from bundle.networks import RFEUNet
 
-    scripted, _, extra = load_net_with_metadata(str(trained_root / "models" / "model.ts"), more_extra_files=["inference.json"])
+    scripted, _, extra = load_net_with_metadata(
+        str(trained_root / "models" / "model.ts"), more_extra_files=["inference.json"]
+    )
     embedded = json.loads(extra["inference.json"])
-    assert (embedded["network_name"], embedded["backbone"], embedded["rfe"], embedded["image_size"]) == ("rfeunet", "resnet34", True, 128)
+    assert (embedded["network_name"], embedded["backbone"], embedded["rfe"], embedded["image_size"]) == (
+        "rfeunet",
+        "resnet34",
+        True,
+        128,
+    )
     parser = ConfigParser(embedded)  # the embedded config builds the exported network on its own
     assert type(parser.get_parsed_content("network_def")).__name__ == "RFEUNet"
     assert parser.get_parsed_content("network_settings")["image_size"] == 128
@@ -170,15 +245,31 @@ def test_inference_and_evaluation_take_the_network_from_the_checkpoint(trained_r
     """Plain inference on the trained ResNet-34/128 model; an explicit disagreeing --backbone is one clear line."""
     out = tmp_path / "masks"
     proc = run_bundle(
-        "run", "--config_file", "configs/inference.json", "--bundle_root", str(trained_root),
-        "--dataset_dir", str(REPO / "sample_data" / "images"), "--output_dir", str(out),
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--bundle_root",
+        str(trained_root),
+        "--dataset_dir",
+        str(REPO / "sample_data" / "images"),
+        "--output_dir",
+        str(out),
     )
     _ok(proc)
     assert "segmented 24 of 24 images; 0 failed" in proc.stdout
     assert "RANDOM" not in proc.stdout + proc.stderr
     proc = run_bundle(
-        "run", "--config_file", "configs/inference.json", "--bundle_root", str(trained_root),
-        "--dataset_dir", str(REPO / "sample_data" / "images"), "--output_dir", str(out), "--backbone", "resnet50",
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--bundle_root",
+        str(trained_root),
+        "--dataset_dir",
+        str(REPO / "sample_data" / "images"),
+        "--output_dir",
+        str(out),
+        "--backbone",
+        "resnet50",
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
@@ -193,14 +284,32 @@ def test_evaluation_with_only_a_datalist(trained_root, tmp_path):
     (data / "mine.json").write_text(json.dumps({"test": split["test"][:2]}))
     out = tmp_path / "eval"
     proc = run_bundle(
-        "run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--bundle_root", str(trained_root),
-        "--datalist", str(data / "mine.json"), "--eval_dir", str(out), "--num_workers", "0", "--save_overlays", "false",
+        "run",
+        "--config_file",
+        "['configs/train.json','configs/evaluate.json']",
+        "--bundle_root",
+        str(trained_root),
+        "--datalist",
+        str(data / "mine.json"),
+        "--eval_dir",
+        str(out),
+        "--num_workers",
+        "0",
+        "--save_overlays",
+        "false",
     )
     _ok(proc)
     assert json.loads((out / "metrics.json").read_text())["summary"]["original"]["n_images"] == 2
     proc = run_bundle(
-        "run", "--config_file", "configs/inference.json", "--bundle_root", str(trained_root),
-        "--datalist", str(data / "mine.json"), "--output_dir", str(tmp_path / "masks"),
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--bundle_root",
+        str(trained_root),
+        "--datalist",
+        str(data / "mine.json"),
+        "--output_dir",
+        str(tmp_path / "masks"),
     )
     _ok(proc)
     assert len(list((tmp_path / "masks").glob("*_mask.png"))) == 2
@@ -220,12 +329,30 @@ def test_two_process_ddp_training_with_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
         [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-            "-m", "monai.bundle", "run", "training",
-            "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
-            "--max_epochs", "1", "--bundle_root", str(tmp_path), "--dataset_dir", str(REPO / "sample_data"), *FAST,
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            "['configs/train.json','configs/multi_gpu_train.json']",
+            "--max_epochs",
+            "1",
+            "--bundle_root",
+            str(tmp_path),
+            "--dataset_dir",
+            str(REPO / "sample_data"),
+            *FAST,
         ],
-        cwd=REPO, capture_output=True, text=True, timeout=900, env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     _ok(proc)
     assert (tmp_path / "models" / "model.pt").is_file()

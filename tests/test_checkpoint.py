@@ -24,8 +24,14 @@ from .conftest import REPO
 
 DEMO_NAME = "rfeunet_resnet34_isic2017_128.pt"
 SETTINGS = {
-    "name": "rfeunet", "backbone": "resnet34", "rfe": True, "in_channels": 3, "out_channels": 2, "image_size": 128,
-    "pixel_mean": [0.485, 0.456, 0.406], "pixel_std": [0.229, 0.224, 0.225],
+    "name": "rfeunet",
+    "backbone": "resnet34",
+    "rfe": True,
+    "in_channels": 3,
+    "out_channels": 2,
+    "image_size": 128,
+    "pixel_mean": [0.485, 0.456, 0.406],
+    "pixel_std": [0.229, 0.224, 0.225],
 }
 
 
@@ -38,8 +44,12 @@ def test_unwrap_accepts_every_wrapper_and_ddp_prefix():
     state = OrderedDict(w=torch.ones(2), b=torch.zeros(1))
     prefixed = OrderedDict((f"module.{k}", v) for k, v in state.items())
     for checkpoint in (
-        state, prefixed, {"model": state, "network": dict(SETTINGS)}, {"model": prefixed, "optimizer": {"lr": 1}},
-        {"state_dict": state}, {"network": state},
+        state,
+        prefixed,
+        {"model": state, "network": dict(SETTINGS)},
+        {"model": prefixed, "optimizer": {"lr": 1}},
+        {"state_dict": state},
+        {"network": state},
     ):
         unwrapped = unwrap_state_dict(checkpoint)
         assert list(unwrapped) == ["w", "b"] and unwrapped["w"] is state["w"], checkpoint
@@ -76,9 +86,13 @@ def test_mismatch_names_the_checkpoints_backbone_and_the_requested_one(tmp_path,
     torch.save(NetworkCheckpoint(resnet34, SETTINGS).state_dict(), recorded)
     torch.save(resnet34.state_dict(), bare)
     network = RFEUNet("resnet50")
-    with pytest.raises(CheckpointMismatchError, match=r"recorded.pt: trained with backbone 'resnet34'.*asks for backbone 'resnet50'"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"recorded.pt: trained with backbone 'resnet34'.*asks for backbone 'resnet50'"
+    ):
         load_weights(network, recorded, expected={**SETTINGS, "backbone": "resnet50"})
-    with pytest.raises(CheckpointMismatchError, match=r"bare.pt: its weights are a resnet34 network .* backbone resnet50"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"bare.pt: its weights are a resnet34 network .* backbone resnet50"
+    ):
         load_weights(network, bare, expected={**SETTINGS, "backbone": "resnet50"})
     with pytest.raises(CheckpointMismatchError, match=r"image_size 128, but the configuration asks for image_size 64"):
         load_weights(RFEUNet("resnet34"), recorded, expected={**SETTINGS, "image_size": 64})
@@ -91,8 +105,12 @@ def test_unreadable_checkpoints_get_one_line_and_no_weights_only_advice(tmp_path
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "text.pt").write_text("not a checkpoint\n")
     torch.save({"when": Path("/tmp")}, tmp_path / "object.pt")  # a pickled Python object: refused, never run
-    cases = {"truncated.pt": "truncated or damaged", "empty.pt": "empty file", "text.pt": "not a PyTorch checkpoint",
-             "object.pt": "could run code"}
+    cases = {
+        "truncated.pt": "truncated or damaged",
+        "empty.pt": "empty file",
+        "text.pt": "not a PyTorch checkpoint",
+        "object.pt": "could run code",
+    }
     for name, reason in cases.items():
         with pytest.raises(CheckpointError, match=reason) as caught:
             read_checkpoint(tmp_path / name)

@@ -17,11 +17,27 @@ INFER = ("run", "--config_file", "configs/inference.json", "--ckpt_path", "")
 
 def test_unknown_override_is_refused_with_the_closest_key():
     argv = ["run", "training", "--config_file", "configs/train.json", "--max_epoch", "1", "--batch_size=2"]
-    with pytest.raises(ConfigError, match=r"--max_epoch: it is not a key of configs/train.json.*did you mean --max_epochs"):
+    with pytest.raises(
+        ConfigError, match=r"--max_epoch: it is not a key of configs/train.json.*did you mean --max_epochs"
+    ):
         check_overrides(argv)
     # known keys, nested ids, the runner's own options and the layered files' keys all pass
-    check_overrides(["run", "training", "--config_file", "configs/train.json", "--max_epochs", "1",
-                     "--train#dataloader#batch_size", "2", "--logging_file", "x.conf", "--meta_file", "m.json"])
+    check_overrides(
+        [
+            "run",
+            "training",
+            "--config_file",
+            "configs/train.json",
+            "--max_epochs",
+            "1",
+            "--train#dataloader#batch_size",
+            "2",
+            "--logging_file",
+            "x.conf",
+            "--meta_file",
+            "m.json",
+        ]
+    )
     check_overrides(["run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--eval_key", "val"])
 
 
@@ -49,8 +65,11 @@ def _one_error_line(proc) -> str:
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (("--max_epoch", "1"), "ERROR unknown option --max_epoch: it is not a key of configs/train.json, so the bundle "
-                               "runner would ignore it; did you mean --max_epochs?"),
+        (
+            ("--max_epoch", "1"),
+            "ERROR unknown option --max_epoch: it is not a key of configs/train.json, so the bundle "
+            "runner would ignore it; did you mean --max_epochs?",
+        ),
         (("--loss", "nope"), "ERROR loss: 'nope' is not one of adaptexp"),
         (("--backbone", "resnet18"), "ERROR backbone: 'resnet18' is not one of resnet34, resnet50, resnet101"),
         (("--batch_size", "0"), "ERROR batch_size: 0 is too small; it must be at least 1"),

@@ -16,6 +16,7 @@ from bundle.data import (
     MASK_EXTENSIONS,
     datalist_from_folders,
     file_stem,
+    inference_inputs,
     kfold,
     list_images,
     load_datalist,
@@ -74,6 +75,19 @@ def test_load_datalist_resolves_against_the_datalist_folder_without_dataset_dir(
     items = load_datalist("", tmp_path / "d.json", key="validation")
     assert items[0]["label"] == str(tmp_path / "masks/a.png")
     assert all(os.path.isabs(v) for v in items[0].values())
+
+
+def test_inference_inputs_follow_the_same_path_rule_as_training(tmp_path):
+    """The rule the configs use everywhere: entries start from dataset_dir, or from the datalist's own folder."""
+    make_folders(tmp_path / "root", ["a"])
+    make_folders(tmp_path / "lists", ["a"])
+    datalist = tmp_path / "lists" / "d.json"
+    datalist.write_text(json.dumps({"test": [{"image": "images/a.jpg", "label": "masks/a.png"}]}))
+    for dataset_dir, base in (("", tmp_path / "lists"), (tmp_path / "root", tmp_path / "root")):
+        training = load_datalist(dataset_dir, datalist, key="test")
+        assert inference_inputs(dataset_dir, datalist) == [{"image": training[0]["image"]}]
+        assert training[0]["image"] == str(base / "images" / "a.jpg")
+    assert inference_inputs(tmp_path / "root" / "images") == [{"image": str(tmp_path / "root" / "images" / "a.jpg")}]
 
 
 def test_load_datalist_uses_datalist_json_in_dataset_dir(tmp_path):

@@ -9,6 +9,7 @@ import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
+from monai.transforms import LoadImaged
 from PIL import Image
 
 from bundle.data import inference_inputs
@@ -16,7 +17,6 @@ from bundle.errors import BadInputError, CheckpointError, ConfigError, DataError
 from bundle.images import read_photo
 from bundle.inference import LesionSegmenter
 from bundle.transforms import LesionMaskd, write_mask
-from monai.transforms import LoadImaged
 
 from .conftest import REPO, run_bundle
 
@@ -47,8 +47,12 @@ def assert_same_mask(written: np.ndarray, expected: np.ndarray) -> None:
 
 def red_overrides(output_dir: Path) -> dict:
     """A network that calls red pixels lesion, no checkpoint, a small working size."""
-    return {"network_def": {"_target_": "tests.nets.RedIsLesion"}, "ckpt_path": "", "output_dir": str(output_dir),
-            "image_size": 64}
+    return {
+        "network_def": {"_target_": "tests.nets.RedIsLesion"},
+        "ckpt_path": "",
+        "output_dir": str(output_dir),
+        "image_size": 64,
+    }
 
 
 @pytest.fixture()
@@ -133,8 +137,15 @@ def unusual_and_broken_folder(folder: Path) -> tuple[dict[str, tuple[int, int]],
     Image.fromarray(photo[:3, :5]).save(folder / "tiny.png")
     rgb.save(folder / "bitmap.bmp")
     readable = {
-        "plain": (96, 64), "rgba": (96, 64), "grey": (96, 64), "palette": (96, 64), "grey16": (96, 64),
-        "cmyk": (96, 64), "exif_rotated": (64, 96), "tiny": (5, 3), "bitmap": (96, 64),
+        "plain": (96, 64),
+        "rgba": (96, 64),
+        "grey": (96, 64),
+        "palette": (96, 64),
+        "grey16": (96, 64),
+        "cmyk": (96, 64),
+        "exif_rotated": (64, 96),
+        "tiny": (5, 3),
+        "bitmap": (96, 64),
     }
     (folder / "empty.jpg").write_bytes(b"")
     buffer = io.BytesIO()
@@ -161,8 +172,19 @@ def test_bundle_inference_on_a_mixed_folder(tmp_path):
     readable, broken = unusual_and_broken_folder(tmp_path / "in")
     out = tmp_path / "out"
     proc = run_bundle(
-        "run", "--config_file", "configs/inference.json", "--dataset_dir", str(tmp_path / "in"),
-        "--output_dir", str(out), "--backbone", "resnet34", "--image_size", "64", "--ckpt_path", str(tmp_path / "none.pt"),
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--dataset_dir",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(out),
+        "--backbone",
+        "resnet34",
+        "--image_size",
+        "64",
+        "--ckpt_path",
+        str(tmp_path / "none.pt"),
     )
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -188,9 +210,21 @@ def test_bundle_inference_on_real_photographs(tmp_path, isic_val):
         (folder / source.name).symlink_to(source)
     out = tmp_path / "out"
     proc = run_bundle(
-        "run", "--config_file", "configs/inference.json", "--dataset_dir", str(folder), "--output_dir", str(out),
-        "--backbone", "resnet34", "--ckpt_path", str(tmp_path / "none.pt"), "--output_ext", ".png",
-        "--save_probabilities", "true",
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--dataset_dir",
+        str(folder),
+        "--output_dir",
+        str(out),
+        "--backbone",
+        "resnet34",
+        "--ckpt_path",
+        str(tmp_path / "none.pt"),
+        "--output_ext",
+        ".png",
+        "--save_probabilities",
+        "true",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for source in sources:
@@ -203,7 +237,9 @@ def test_bundle_inference_on_real_photographs(tmp_path, isic_val):
     assert size == (4288, 2848)
 
 
-@pytest.mark.parametrize("typed, expected", [("false", False), ("False", False), ("0", False), ("true", True), (True, True), (False, False)])
+@pytest.mark.parametrize(
+    "typed, expected", [("false", False), ("False", False), ("0", False), ("true", True), (True, True), (False, False)]
+)
 def test_yes_no_overrides_as_typed_on_the_command_line(typed, expected):
     from bundle.config import flag
 
@@ -223,7 +259,9 @@ def test_save_probabilities_false_as_typed_writes_no_probability_map(tmp_path):
     overrides = {"network_def": {"_target_": "tests.nets.RedIsLesion"}, "ckpt_path": "", "image_size": 64}
     for typed, expect_prob in (("false", False), ("true", True)):
         out = tmp_path / typed
-        segmenter = LesionSegmenter(bundle_root=REPO, overrides={**overrides, "output_dir": str(out), "save_probabilities": typed})
+        segmenter = LesionSegmenter(
+            bundle_root=REPO, overrides={**overrides, "output_dir": str(out), "save_probabilities": typed}
+        )
         segmenter.segment(tmp_path / "asym.png")
         assert (out / "asym_prob.png").exists() is expect_prob
 
@@ -283,6 +321,8 @@ def test_library_raises_on_bad_input_and_prints_nothing(tmp_path, capfd):
         LesionSegmenter(bundle_root=REPO, overrides={**red_overrides(tmp_path / "out"), "output_ext": ".xyz"})
     (tmp_path / "garbage.pt").write_bytes(b"garbage" * 100)
     with pytest.raises(CheckpointError, match="garbage.pt: not a PyTorch checkpoint"):
-        LesionSegmenter(bundle_root=REPO, overrides={**red_overrides(tmp_path / "out"), "ckpt_path": str(tmp_path / "garbage.pt")})
+        LesionSegmenter(
+            bundle_root=REPO, overrides={**red_overrides(tmp_path / "out"), "ckpt_path": str(tmp_path / "garbage.pt")}
+        )
     out, err = capfd.readouterr()
     assert out == "" and err == ""

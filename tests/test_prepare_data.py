@@ -519,7 +519,9 @@ def test_prepared_cache_and_inference_read_photo_and_mask_alike(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
     (src / "images").mkdir(parents=True)
-    Image.fromarray(displayed).transpose(Image.Transpose.ROTATE_90).save(src / "images" / "case.jpg", quality=95, exif=exif)
+    Image.fromarray(displayed).transpose(Image.Transpose.ROTATE_90).save(
+        src / "images" / "case.jpg", quality=95, exif=exif
+    )
     red_on_black = np.zeros((120, 160, 3), np.uint8)
     red_on_black[lesion > 0] = (255, 0, 0)
     (src / "masks").mkdir()
