@@ -15,9 +15,14 @@ import torch
 from monai.bundle import ConfigParser
 
 from .conftest import REPO, SHARED, run_bundle
+from .test_checkpoint import SETTINGS as RESNET34_128
 
 pytestmark = pytest.mark.slow
 
+TRAIN = ("run", "training", "--config_file", "configs/train.json")
+EVALUATE = ("run", "--config_file", "['configs/train.json','configs/evaluate.json']")
+INFER = ("run", "--config_file", "configs/inference.json")
+SAMPLE = str(REPO / "sample_data")
 FAST = ("--backbone", "resnet34", "--image_size", "64", "--num_workers", "0")
 # the shared training: a ResNet-34 at 128 px, which inference, evaluation and export must find out by themselves
 TRAINED = ("--backbone", "resnet34", "--image_size", "128", "--num_workers", "0")
@@ -31,19 +36,7 @@ def _ok(proc: subprocess.CompletedProcess) -> None:
 def trained_root(tmp_path_factory) -> Path:
     """One short training on the embedded sample, shared by the tests below (bundle_root outside the repo)."""
     root = tmp_path_factory.mktemp("bundle_root")
-    proc = run_bundle(
-        "run",
-        "training",
-        "--config_file",
-        "configs/train.json",
-        "--max_epochs",
-        "1",
-        "--bundle_root",
-        str(root),
-        "--dataset_dir",
-        str(REPO / "sample_data"),
-        *TRAINED,
-    )
+    proc = run_bundle(*TRAIN, "--max_epochs", "1", "--bundle_root", str(root), "--dataset_dir", SAMPLE, *TRAINED)
     _ok(proc)
     return root
 
@@ -55,35 +48,14 @@ def test_training_writes_best_and_last_checkpoints(trained_root):
     checkpoint = torch.load(trained_root / "models" / "model.pt", weights_only=True)
     assert set(checkpoint) == {"model", "network"}
     assert any(key.startswith("encoder.layer3.5.") for key in checkpoint["model"])  # ResNet-34's six blocks
-    assert checkpoint["network"] == {
-        "name": "rfeunet",
-        "backbone": "resnet34",
-        "rfe": True,
-        "in_channels": 3,
-        "out_channels": 2,
-        "image_size": 128,
-        "pixel_mean": [0.485, 0.456, 0.406],
-        "pixel_std": [0.229, 0.224, 0.225],
-    }
+    assert checkpoint["network"] == RESNET34_128  # what the configs and MONAI Label read back
 
 
 def test_training_resumes_from_the_last_checkpoint(trained_root, tmp_path):
     root = tmp_path / "resume"
     shutil.copytree(trained_root / "models", root / "models")
     proc = run_bundle(
-        "run",
-        "training",
-        "--config_file",
-        "configs/train.json",
-        "--max_epochs",
-        "2",
-        "--resume",
-        "true",
-        "--bundle_root",
-        str(root),
-        "--dataset_dir",
-        str(REPO / "sample_data"),
-        *TRAINED,
+        *TRAIN, "--max_epochs", "2", "--resume", "true", "--bundle_root", str(root), "--dataset_dir", SAMPLE, *TRAINED
     )
     _ok(proc)
     log = proc.stdout + proc.stderr
@@ -121,9 +93,7 @@ def test_evaluation_on_real_photographs_reports_both_resolutions(trained_root, i
     ]
     datalist.write_text(json.dumps({"training": pairs, "validation": pairs, "test": pairs}))
     proc = run_bundle(
-        "run",
-        "--config_file",
-        "['configs/train.json','configs/evaluate.json']",
+        *EVALUATE,
         "--bundle_root",
         str(trained_root),
         "--dataset_dir",
@@ -150,16 +120,7 @@ def test_evaluation_on_real_photographs_reports_both_resolutions(trained_root, i
 
 
 def test_evaluation_refuses_random_weights(tmp_path):
-    proc = run_bundle(
-        "run",
-        "--config_file",
-        "['configs/train.json','configs/evaluate.json']",
-        "--bundle_root",
-        str(tmp_path),
-        "--dataset_dir",
-        str(REPO / "sample_data"),
-        *FAST,
-    )
+    proc = run_bundle(*EVALUATE, "--bundle_root", str(tmp_path), "--dataset_dir", SAMPLE, *FAST)
     assert proc.returncode == 2
     assert "no trained weights" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -181,34 +142,10 @@ def test_exports_take_the_network_from_the_checkpoint(trained_root):
     _ok(run_bundle("verify_net_in_out", "network_def", *common))
     _ok(run_bundle("run", "export", "--config_file", "configs/inference.json", *root))
     plain = trained_root / "plain.ts"
-    _ok(
-        run_bundle(
-            "ckpt_export",
-            "network_def",
-            "--filepath",
-            str(plain),
-            "--ckpt_file",
-            ckpt,
-            "--key_in_ckpt",
-            "model",
-            *common,
-        )
-    )
-    _ok(
-        run_bundle(
-            "onnx_export",
-            "network_def",
-            "--filepath",
-            str(trained_root / "model.onnx"),
-            "--ckpt_file",
-            ckpt,
-            "--key_in_ckpt",
-            "model",
-            "--input_shape",
-            "[1, 3, 128, 128]",
-            *common,
-        )
-    )
+    weights = ("--ckpt_file", ckpt, "--key_in_ckpt", "model", *common)
+    _ok(run_bundle("ckpt_export", "network_def", "--filepath", str(plain), *weights))
+    onnx = ("--filepath", str(trained_root / "model.onnx"), "--input_shape", "[1, 3, 128, 128]")
+    _ok(run_bundle("onnx_export", "network_def", *onnx, *weights))
     from monai.data import load_net_with_metadata
 
     from bundle.networks import RFEUNet
@@ -217,12 +154,8 @@ def test_exports_take_the_network_from_the_checkpoint(trained_root):
         str(trained_root / "models" / "model.ts"), more_extra_files=["inference.json"]
     )
     embedded = json.loads(extra["inference.json"])
-    assert (embedded["network_name"], embedded["backbone"], embedded["rfe"], embedded["image_size"]) == (
-        "rfeunet",
-        "resnet34",
-        True,
-        128,
-    )
+    network_keys = ("network_name", "backbone", "rfe", "image_size")
+    assert [embedded[key] for key in network_keys] == ["rfeunet", "resnet34", True, 128]
     parser = ConfigParser(embedded)  # the embedded config builds the exported network on its own
     assert type(parser.get_parsed_content("network_def")).__name__ == "RFEUNet"
     assert parser.get_parsed_content("network_settings")["image_size"] == 128
@@ -243,34 +176,20 @@ def test_exports_take_the_network_from_the_checkpoint(trained_root):
 
 def test_inference_and_evaluation_take_the_network_from_the_checkpoint(trained_root, tmp_path):
     """Plain inference on the trained ResNet-34/128 model; an explicit disagreeing --backbone is one clear line."""
-    out = tmp_path / "masks"
-    proc = run_bundle(
-        "run",
-        "--config_file",
-        "configs/inference.json",
+    command = (
+        *INFER,
         "--bundle_root",
         str(trained_root),
         "--dataset_dir",
-        str(REPO / "sample_data" / "images"),
+        f"{SAMPLE}/images",
         "--output_dir",
-        str(out),
+        str(tmp_path),
     )
+    proc = run_bundle(*command)
     _ok(proc)
     assert "segmented 24 of 24 images; 0 failed" in proc.stdout
     assert "RANDOM" not in proc.stdout + proc.stderr
-    proc = run_bundle(
-        "run",
-        "--config_file",
-        "configs/inference.json",
-        "--bundle_root",
-        str(trained_root),
-        "--dataset_dir",
-        str(REPO / "sample_data" / "images"),
-        "--output_dir",
-        str(out),
-        "--backbone",
-        "resnet50",
-    )
+    proc = run_bundle(*command, "--backbone", "resnet50")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
     assert "model.pt" in line and "backbone 'resnet34'" in line and "backbone 'resnet50'" in line, line
@@ -284,9 +203,7 @@ def test_evaluation_with_only_a_datalist(trained_root, tmp_path):
     (data / "mine.json").write_text(json.dumps({"test": split["test"][:2]}))
     out = tmp_path / "eval"
     proc = run_bundle(
-        "run",
-        "--config_file",
-        "['configs/train.json','configs/evaluate.json']",
+        *EVALUATE,
         "--bundle_root",
         str(trained_root),
         "--datalist",
@@ -301,9 +218,7 @@ def test_evaluation_with_only_a_datalist(trained_root, tmp_path):
     _ok(proc)
     assert json.loads((out / "metrics.json").read_text())["summary"]["original"]["n_images"] == 2
     proc = run_bundle(
-        "run",
-        "--config_file",
-        "configs/inference.json",
+        *INFER,
         "--bundle_root",
         str(trained_root),
         "--datalist",
@@ -345,7 +260,7 @@ def test_two_process_ddp_training_with_gloo(tmp_path):
             "--bundle_root",
             str(tmp_path),
             "--dataset_dir",
-            str(REPO / "sample_data"),
+            SAMPLE,
             *FAST,
         ],
         cwd=REPO,
@@ -366,7 +281,7 @@ def test_readme_training_command_on_a_copy_of_the_bundle(tmp_path):
     root = tmp_path / "rfe_unet_bundle"
     for part in ("configs", "sample_data", "bundle"):
         shutil.copytree(REPO / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
-    proc = run_bundle("run", "training", "--config_file", "configs/train.json", "--max_epochs", "1", cwd=root)
+    proc = run_bundle(*TRAIN, "--max_epochs", "1", cwd=root)
     _ok(proc)
     checkpoint = torch.load(root / "models" / "model.pt", weights_only=True)
     assert checkpoint["network"]["backbone"] == "resnet101"

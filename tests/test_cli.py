@@ -16,28 +16,12 @@ INFER = ("run", "--config_file", "configs/inference.json", "--ckpt_path", "")
 
 
 def test_unknown_override_is_refused_with_the_closest_key():
-    argv = ["run", "training", "--config_file", "configs/train.json", "--max_epoch", "1", "--batch_size=2"]
-    with pytest.raises(
-        ConfigError, match=r"--max_epoch: it is not a key of configs/train.json.*did you mean --max_epochs"
-    ):
-        check_overrides(argv)
+    wanted = r"--max_epoch: it is not a key of configs/train.json.*did you mean --max_epochs"
+    with pytest.raises(ConfigError, match=wanted):
+        check_overrides([*TRAIN[:4], "--max_epoch", "1", "--batch_size=2"])
     # known keys, nested ids, the runner's own options and the layered files' keys all pass
-    check_overrides(
-        [
-            "run",
-            "training",
-            "--config_file",
-            "configs/train.json",
-            "--max_epochs",
-            "1",
-            "--train#dataloader#batch_size",
-            "2",
-            "--logging_file",
-            "x.conf",
-            "--meta_file",
-            "m.json",
-        ]
-    )
+    known = ("--max_epochs", "1", "--train#dataloader#batch_size", "2", "--logging_file", "x.conf", "--meta_file", "m")
+    check_overrides([*TRAIN[:4], *known])
     check_overrides(["run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--eval_key", "val"])
 
 

@@ -20,6 +20,7 @@ from bundle.transforms import LesionMaskd, write_mask
 
 from .conftest import REPO, run_bundle
 
+INFER = ("run", "--config_file", "configs/inference.json")
 RED = (220, 30, 30)
 SKIN = (200, 170, 150)
 
@@ -171,21 +172,8 @@ def test_bundle_inference_on_a_mixed_folder(tmp_path):
     """The bundle runner: a mask per readable photo, one line per broken file, no traceback, non-zero exit."""
     readable, broken = unusual_and_broken_folder(tmp_path / "in")
     out = tmp_path / "out"
-    proc = run_bundle(
-        "run",
-        "--config_file",
-        "configs/inference.json",
-        "--dataset_dir",
-        str(tmp_path / "in"),
-        "--output_dir",
-        str(out),
-        "--backbone",
-        "resnet34",
-        "--image_size",
-        "64",
-        "--ckpt_path",
-        str(tmp_path / "none.pt"),
-    )
+    random_resnet34 = ("--backbone", "resnet34", "--image_size", "64", "--ckpt_path", str(tmp_path / "none.pt"))
+    proc = run_bundle(*INFER, "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(out), *random_resnet34)
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "RANDOM weights" in proc.stderr + proc.stdout
@@ -209,23 +197,9 @@ def test_bundle_inference_on_real_photographs(tmp_path, isic_val):
     for source in sources:
         (folder / source.name).symlink_to(source)
     out = tmp_path / "out"
-    proc = run_bundle(
-        "run",
-        "--config_file",
-        "configs/inference.json",
-        "--dataset_dir",
-        str(folder),
-        "--output_dir",
-        str(out),
-        "--backbone",
-        "resnet34",
-        "--ckpt_path",
-        str(tmp_path / "none.pt"),
-        "--output_ext",
-        ".png",
-        "--save_probabilities",
-        "true",
-    )
+    random_resnet34 = ("--backbone", "resnet34", "--ckpt_path", str(tmp_path / "none.pt"))
+    options = ("--output_ext", ".png", "--save_probabilities", "true")
+    proc = run_bundle(*INFER, "--dataset_dir", str(folder), "--output_dir", str(out), *random_resnet34, *options)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for source in sources:
         with Image.open(source) as photo:
