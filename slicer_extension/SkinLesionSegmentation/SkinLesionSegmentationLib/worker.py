@@ -127,7 +127,7 @@ class BundleModel:
 
         from bundle.data import file_stem, list_images
         from bundle.inference import describe_error
-        from bundle.transforms import read_photo
+        from bundle.images import read_photo
 
         items = list_images(input_path)
         if not items:
