@@ -51,7 +51,7 @@ def bundle_identity(metadata_path: Path) -> tuple[str, str]:
         raise ExportError(f"{metadata_path}: cannot read the bundle's metadata ({err})") from None
     name, version = metadata.get("bundle_name"), metadata.get("version")
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise ExportError(f"{metadata_path}: 'bundle_name' must be a folder name such as rfe_unet_skin_lesion, got {name!r}")
+        raise ExportError(f"{metadata_path}: 'bundle_name' must be a folder name (letters, digits, _.-): {name!r}")
     if not isinstance(version, str) or not version:
         raise ExportError(f"{metadata_path}: no 'version'")
     if version not in metadata.get("changelog", {}):
@@ -160,7 +160,13 @@ def export_bundle(
             shutil.copy2(weights, stage / "models" / "model.pt")
             _record_network(stage, settings)
             if flag(torchscript, "torchscript"):
-                export_torchscript(stage / "models" / "model.pt", stage / "models" / "model.ts", stage)
+                configs = stage / "configs"
+                export_torchscript(
+                    stage / "models" / "model.pt",
+                    stage / "models" / "model.ts",
+                    config_file=configs / "inference.json",
+                    meta_file=configs / "metadata.json",
+                )
         _zip_folder(stage, destination)
     (destination.with_name(destination.name + ".sha256")).write_text(f"{sha256(destination)}  {destination.name}\n")
     return destination

@@ -3,16 +3,17 @@
 #
 #   scripts/monailabel_serve.sh [options] BUNDLE STUDIES [-- more monailabel start_server options]
 #
-#   BUNDLE   an exported bundle zip (scripts/export_bundle.py) or a bundle folder (this repository)
+#   BUNDLE   an exported bundle zip (python scripts/export_bundle.py writes dist/<name>_v<version>.zip)
 #   STUDIES  the folder of photographs (.jpg/.png) to label; MONAI Label keeps labels in STUDIES/labels/
 #   --apps DIR    where the app is set up: DIR/monaibundle (default: ./monailabel-apps)
 #   --host ADDR   address to listen on (default 127.0.0.1; 0.0.0.0 exposes the server to your network)
 #   --port N      port (default 8000)
 #
-# A zip is unpacked into DIR/monaibundle/model/<name>/ once; when that folder exists it is served as it is
-# (MONAI Label training updates its models/model.pt), so delete it to unpack the zip again. A folder is linked
-# there, so training on the server updates that folder's models/model.pt. The server never reaches the network:
-# the model-zoo lookup (--conf zoo_source github with the bundle present) and SAM2 (--conf sam2 false) are off.
+# The zip is unpacked into DIR/monaibundle/model/<name>/ once; when that folder exists it is served as it is
+# (MONAI Label training updates its models/model.pt), so delete it to unpack the zip again. Serve a zip, not this
+# repository: the export writes the checkpoint's backbone into train.json, which MONAI Label's training builds
+# (its checkpoint loader silently skips weights that do not fit another backbone). The server never reaches the
+# network: the model-zoo lookup (--conf zoo_source github with the bundle present) and SAM2 (--conf sam2 false) are off.
 # MONAI Label runs from its own venv: $RFE_MONAILABEL_VENV, default .ci-venv-monailabel in this repository
 # (build it with scripts/setup_monailabel_venv.sh).
 set -euo pipefail
@@ -42,8 +43,11 @@ bundle="${positional[0]}"
 studies="${positional[1]}"
 python="$venv/bin/python"
 
-[ -x "$venv/bin/monailabel" ] || { echo "ERROR $venv: no MONAI Label venv; build it with scripts/setup_monailabel_venv.sh" >&2; exit 2; }
-[ -e "$bundle" ] || { echo "ERROR $bundle: no such bundle zip or folder" >&2; exit 2; }
+if [ ! -x "$venv/bin/monailabel" ]; then
+    echo "ERROR $venv: no MONAI Label venv; build it with scripts/setup_monailabel_venv.sh" >&2
+    exit 2
+fi
+[ -f "$bundle" ] || { echo "ERROR $bundle: no such bundle zip (export one with scripts/export_bundle.py)" >&2; exit 2; }
 [ -d "$studies" ] || { echo "ERROR $studies: no such folder of photographs" >&2; exit 2; }
 studies="$(cd "$studies" && pwd)"
 
@@ -55,27 +59,23 @@ if [ ! -d "$app" ]; then
     "$python" -m monailabel.main apps --download --name monaibundle --output "$apps" >/dev/null
 fi
 
-# the bundle's name: a zip's single top folder, or a folder's configs/metadata.json "bundle_name"
+# the bundle's name: the zip's single top folder
 name="$("$python" - "$bundle" <<'EOF'
-import json, sys, zipfile
-from pathlib import Path
+import sys, zipfile
 
-source = Path(sys.argv[1])
-if source.is_dir():
-    print(json.loads((source / "configs" / "metadata.json").read_text())["bundle_name"])
-else:
-    tops = {n.split("/", 1)[0] for n in zipfile.ZipFile(source).namelist()}
-    if len(tops) != 1:
-        sys.exit(f"ERROR {source}: a bundle zip holds one top folder, this one has {sorted(tops)}")
-    print(tops.pop())
+try:
+    tops = {n.split("/", 1)[0] for n in zipfile.ZipFile(sys.argv[1]).namelist()}
+except zipfile.BadZipFile as error:
+    sys.exit(f"ERROR {sys.argv[1]}: not a zip file ({error})")
+if len(tops) != 1:
+    sys.exit(f"ERROR {sys.argv[1]}: a bundle zip holds one top folder, this one has {sorted(tops)}")
+print(tops.pop())
 EOF
 )"
 target="$app/model/$name"
 mkdir -p "$app/model"
 if [ -e "$target" ]; then
     echo "serving the existing $target (delete it to install $bundle again)"
-elif [ -d "$bundle" ]; then
-    ln -s "$(cd "$bundle" && pwd)" "$target"
 else
     "$python" - "$bundle" "$app/model" <<'EOF'
 import sys, zipfile

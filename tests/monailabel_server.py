@@ -74,7 +74,8 @@ class Reply:
             disposition = next(line for line in head.decode().splitlines() if line.lower().startswith("content-disp"))
             name = re.search(r'\bname="([^"]*)"', disposition).group(1)
             filename = re.search(r'filename="([^"]*)"', disposition)
-            found[name] = (filename.group(1) if filename else None, content[:-2] if content.endswith(b"\r\n") else content)
+            content = content[:-2] if content.endswith(b"\r\n") else content
+            found[name] = (filename.group(1) if filename else None, content)
         return found
 
 
@@ -87,7 +88,9 @@ def encode_multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]
     for name, (filename, content) in files.items():
         chunks.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+            + content
+            + b"\r\n"
         )
     chunks.append(f"--{boundary}--\r\n".encode())
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
@@ -98,7 +101,7 @@ class MonaiLabelServer:
     """``scripts/monailabel_serve.sh <bundle> <studies>`` as a context manager; see the module docstring.
 
     Args:
-        bundle: an exported bundle zip or a bundle folder.
+        bundle: an exported bundle zip.
         studies: the folder of photographs MONAI Label serves (its datastore).
         apps_dir: where the serve script puts the ``monaibundle`` app (``<apps_dir>/monaibundle``).
         isolate_network: run in a loopback-only network namespace (needs ``unshare --net``).
@@ -122,7 +125,7 @@ class MonaiLabelServer:
         self._server_netns: int | None = None
 
     # -- process ---------------------------------------------------------------------------------------------
-    def start(self) -> "MonaiLabelServer":
+    def start(self) -> MonaiLabelServer:
         reason = missing_venv_reason(self.venv)
         if reason:
             raise RuntimeError(reason)
@@ -130,8 +133,16 @@ class MonaiLabelServer:
         with socket.socket() as probe:  # a port free here is free in a fresh namespace too
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        command = ["bash", str(SERVE_SCRIPT), "--port", str(self.port), "--apps", str(self.apps_dir),
-                   str(self.bundle), str(self.studies)]
+        command = [
+            "bash",
+            str(SERVE_SCRIPT),
+            "--port",
+            str(self.port),
+            "--apps",
+            str(self.apps_dir),
+            str(self.bundle),
+            str(self.studies),
+        ]
         if self.isolate_network:
             command = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command]
         env = {**os.environ, "RFE_MONAILABEL_VENV": str(self.venv), "PYTHONUNBUFFERED": "1"}
@@ -211,7 +222,7 @@ class MonaiLabelServer:
         self._own_netns = self._server_netns = None
         return self.group_pids()
 
-    def __enter__(self) -> "MonaiLabelServer":
+    def __enter__(self) -> MonaiLabelServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -225,8 +236,11 @@ class MonaiLabelServer:
 
     # -- network ---------------------------------------------------------------------------------------------
     @contextmanager
-    def _in_server_netns(self):
-        """Run the body on this thread inside the server's network namespace (setns affects this thread only)."""
+    def inside_network(self):
+        """Run the body on this thread inside the server's network namespace (setns affects this thread only).
+
+        Any HTTP client (e.g. the Slicer module's) reaches the server on 127.0.0.1:``port`` inside this block.
+        """
         if self._server_netns is None:
             yield
             return
@@ -282,7 +296,7 @@ class MonaiLabelServer:
             body, headers["Content-Type"] = encode_multipart(fields or {}, files or {})
         elif json_body is not None:
             body, headers["Content-Type"] = json.dumps(json_body).encode(), "application/json"
-        with self._in_server_netns():
+        with self.inside_network():
             connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
             try:
                 connection.request(method, path, body=body, headers=headers)
@@ -306,5 +320,5 @@ class MonaiLabelServer:
 def _decode_address(hex_address: str, width: int) -> str:
     """Decode an address from /proc/net/tcp{,6} (little-endian 32-bit words) to its text form."""
     raw = bytes.fromhex(hex_address)
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     return socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, words)

@@ -70,9 +70,18 @@ def small_bundle(destination: Path) -> Path:
 def export_zip(bundle_root: Path, output_dir: Path, *options: str) -> Path:
     """Run ``scripts/export_bundle.py`` as a user does and return the zip it wrote."""
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "export_bundle.py"), "--bundle_root", str(bundle_root),
-         "--output_dir", str(output_dir), *options],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "export_bundle.py"),
+            "--bundle_root",
+            str(bundle_root),
+            "--output_dir",
+            str(output_dir),
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode != 0:
         raise AssertionError(f"export failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -30,7 +30,10 @@ PHOTOS = ("ISIC_0001769.jpg", "ISIC_0001852.jpg", "ISIC_0003462.jpg")
 def _export(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / "export_bundle.py"), *args],
-        capture_output=True, text=True, timeout=600, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
     )
 
 
@@ -44,6 +47,7 @@ def test_metadata_changelog_holds_the_version():
     assert metadata["bundle_name"] == "rfe_unet_skin_lesion"
 
 
+@pytest.mark.slow
 def test_export_refuses_without_trained_weights(tmp_path):
     root = copy_bundle(tmp_path / "bundle")
     proc = _export("--bundle_root", str(root), "--output_dir", str(tmp_path / "dist"))
@@ -61,6 +65,7 @@ def test_export_refuses_without_trained_weights(tmp_path):
     assert not [n for n in names if n.startswith("rfe_unet_skin_lesion/models/") and n.endswith((".pt", ".ts"))]
 
 
+@pytest.mark.slow
 def test_export_refuses_a_version_without_changelog_entry(tmp_path):
     root = copy_bundle(tmp_path / "bundle")
     metadata = _metadata(root)
@@ -94,16 +99,28 @@ def test_zip_has_the_model_zoo_layout_and_records_the_network(exported, tmp_path
         archive.extractall(tmp_path)
     assert {n.split("/", 1)[0] for n in names} == {"rfe_unet_skin_lesion"}
     top = tmp_path / "rfe_unet_skin_lesion"
-    for member in ("configs/inference.json", "configs/train.json", "configs/metadata.json", "configs/logging.conf",
-                   "models/model.pt", "models/model.ts", "docs/README.md", "LICENSE", "README.md",
-                   "bundle/__init__.py", "bundle/networks/rfe_unet.py", "sample_data/datalist.json"):
+    for member in (
+        "configs/inference.json",
+        "configs/train.json",
+        "configs/metadata.json",
+        "configs/logging.conf",
+        "models/model.pt",
+        "models/model.ts",
+        "docs/README.md",
+        "LICENSE",
+        "README.md",
+        "bundle/__init__.py",
+        "bundle/networks/rfe_unet.py",
+        "sample_data/datalist.json",
+    ):
         assert (top / member).is_file(), member
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert (top / "models" / "model.pt").read_bytes() == (root / "models" / "model.pt").read_bytes()
     # the checkpoint's network is what a receiver's fine-tuning builds, and what the metadata describes
     train = json.loads((top / "configs" / "train.json").read_text())
     assert (train["backbone"], train["image_size"]) == (SMALL_NETWORK["backbone"], SMALL_NETWORK["image_size"])
-    shapes = [t["spatial_shape"] for s in ("inputs", "outputs") for t in _metadata(top)["network_data_format"][s].values()]
+    formats = _metadata(top)["network_data_format"]
+    shapes = [tensor["spatial_shape"] for side in ("inputs", "outputs") for tensor in formats[side].values()]
     assert shapes == [[64, 64], [64, 64]]
     # the TorchScript file is the same network
     scripted = torch.jit.load(str(top / "models" / "model.ts"))
@@ -143,8 +160,9 @@ def _receiver(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_received_zip_infers_like_the_repository_and_trains_with_its_own_code(exported, isic_val, tmp_path):
     root, path = exported
     # the receiver's environment really cannot see this repository's code
-    blind = subprocess.run([sys.executable, "-S", "-c", "import bundle"], cwd=tmp_path, env=_receiver_env(),
-                           capture_output=True, text=True)
+    blind = subprocess.run(
+        [sys.executable, "-S", "-c", "import bundle"], cwd=tmp_path, env=_receiver_env(), capture_output=True, text=True
+    )
     assert blind.returncode != 0 and "No module named 'bundle'" in blind.stderr
 
     server = _serve(path.parent)
@@ -152,8 +170,18 @@ def test_received_zip_infers_like_the_repository_and_trains_with_its_own_code(ex
         received = tmp_path / "received"
         received.mkdir()
         url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
-        _receiver("-m", "monai.bundle", "download", "--name", "rfe_unet_skin_lesion", "--bundle_dir", str(received),
-                  "--url", url, cwd=tmp_path)
+        _receiver(
+            "-m",
+            "monai.bundle",
+            "download",
+            "--name",
+            "rfe_unet_skin_lesion",
+            "--bundle_dir",
+            str(received),
+            "--url",
+            url,
+            cwd=tmp_path,
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -166,13 +194,25 @@ def test_received_zip_infers_like_the_repository_and_trains_with_its_own_code(ex
     photos.mkdir()
     for name in PHOTOS:
         shutil.copy(isic_val / "images" / name, photos / name)
-    _receiver("-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--dataset_dir", str(photos),
-              "--output_dir", str(tmp_path / "theirs"), cwd=unpacked)
+    _receiver(
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--dataset_dir",
+        str(photos),
+        "--output_dir",
+        str(tmp_path / "theirs"),
+        cwd=unpacked,
+    )
 
     from bundle.inference import LesionSegmenter
 
-    ours = LesionSegmenter(bundle_root=REPO, overrides={
-        "ckpt_path": str(root / "models" / "model.pt"), "output_dir": str(tmp_path / "ours")})
+    ours = LesionSegmenter(
+        bundle_root=REPO,
+        overrides={"ckpt_path": str(root / "models" / "model.pt"), "output_dir": str(tmp_path / "ours")},
+    )
     for name in PHOTOS:
         stem = Path(name).stem
         mine = ours.segment(photos / name)["pred_path"]
@@ -183,8 +223,21 @@ def test_received_zip_infers_like_the_repository_and_trains_with_its_own_code(ex
         assert np.array_equal(received_mask, expected), name
 
     before = (unpacked / "models" / "model.pt").read_bytes()
-    _receiver("-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json", "--max_epochs", "1",
-              "--num_workers", "0", "--batch_size", "4", cwd=unpacked)
+    _receiver(
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        "configs/train.json",
+        "--max_epochs",
+        "1",
+        "--num_workers",
+        "0",
+        "--batch_size",
+        "4",
+        cwd=unpacked,
+    )
     after = unpacked / "models" / "model.pt"
     assert after.read_bytes() != before
     from bundle.checkpoint import network_settings

@@ -46,8 +46,9 @@ def _infer(server: MonaiLabelServer, image: str) -> np.ndarray:
     """POST /infer like Slicer's module; return the label as a numpy (H, W) array, checking the file's geometry."""
     import nrrd
 
-    reply = server.request("POST", server.query(f"/infer/{NAME}", image=image),
-                           fields={"params": json.dumps(SLICER_INFER_PARAMS)})
+    reply = server.request(
+        "POST", server.query(f"/infer/{NAME}", image=image), fields={"params": json.dumps(SLICER_INFER_PARAMS)}
+    )
     assert reply.status == 200, f"{reply.body[:2000]!r}\n{server.log_tail()}"
     parts = reply.parts()
     assert json.loads(parts["params"][1])["label_names"] == {"lesion": 1}
@@ -90,8 +91,9 @@ def test_server_listens_only_on_loopback_and_has_no_network(server):
     assert server.listening_addresses() == {("127.0.0.1", server.port)}
     if not server.isolate_network:
         pytest.skip("unshare --net is not permitted here, so the server could not be started without a network")
-    interfaces = [line.split(":")[0].strip() for line in
-                  Path(f"/proc/{server.process.pid}/net/dev").read_text().splitlines()[2:]]
+    interfaces = [
+        line.split(":")[0].strip() for line in Path(f"/proc/{server.process.pid}/net/dev").read_text().splitlines()[2:]
+    ]
     assert interfaces == ["lo"]  # it started, and answers, with nothing but loopback
 
 
@@ -120,8 +122,12 @@ def test_slicer_and_png_labels_train_one_epoch_and_inference_still_works(server)
     for stem in others:  # plain 0/255 PNG masks
         uploads[stem] = _isic_mask(stem)
     for stem, path in uploads.items():
-        reply = server.json("PUT", server.query("/datastore/label", image=stem), fields={"params": "{}"},
-                            files={"label": (path.name, path.read_bytes())})
+        reply = server.json(
+            "PUT",
+            server.query("/datastore/label", image=stem),
+            fields={"params": "{}"},
+            files={"label": (path.name, path.read_bytes())},
+        )
         assert reply == {"image": stem, "label": stem}
     saved = sorted(p.name for p in (server.studies / "labels" / "final").iterdir())
     assert saved == [f"{first}.nii.gz", *(f"{s}.png" for s in others)]
