@@ -117,6 +117,7 @@ def check_overrides(argv: Sequence[str]) -> None:
     """
     import monai.bundle.scripts as scripts
     from monai.bundle import ConfigWorkflow
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 
     command = getattr(scripts, argv[0], None) if argv else None
     files = _option_value(argv, "config_file")
@@ -125,6 +126,8 @@ def check_overrides(argv: Sequence[str]) -> None:
     files_list = _config_files(files)
     known = set(inspect.signature(command).parameters) | set(inspect.signature(ConfigWorkflow).parameters)
     known.update(_WORKFLOW_ARGS)
+    for settings in DEFAULT_EXP_MGMT_SETTINGS.values():  # --tracking_uri etc., which --tracking reads
+        known.update(settings.get("configs", {}))
     keys = _config_keys(files_list)
     for token in argv:
         if not token.startswith("--"):

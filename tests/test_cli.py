@@ -23,6 +23,7 @@ def test_unknown_override_is_refused_with_the_closest_key():
     known = ("--max_epochs", "1", "--train#dataloader#batch_size", "2", "--logging_file", "x.conf", "--meta_file", "m")
     check_overrides([*TRAIN[:4], *known])
     check_overrides(["run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--eval_key", "val"])
+    check_overrides([*TRAIN[:4], "--tracking", "mlflow", "--tracking_uri", "file:///tmp/x"])  # as MONAI Label runs it
 
 
 def test_project_error_is_the_innermost_one_the_project_raised():
