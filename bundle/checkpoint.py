@@ -16,6 +16,8 @@ import json
 import logging
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,19 +64,38 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
         raise MissingCheckpointError(path, "no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(path, "empty file, not a PyTorch checkpoint")
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        _check_archive(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+        with warnings.catch_warnings():  # torch's warnings about pickle protocols say nothing to a user
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as error:
-        detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()
-        if detail and "Unsupported global" in detail[0]:
+        if "unsupported global" in str(error).lower():
             raise CheckpointError(
                 path,
                 "holds Python objects besides tensors and plain values; refused, since loading them could run code",
             ) from None
         raise CheckpointError(path, "not a PyTorch checkpoint, or a damaged one") from None
     except (RuntimeError, OSError, EOFError, ValueError, AttributeError, KeyError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CheckpointError(path, f"truncated or damaged PyTorch checkpoint ({first})") from None
+        # torch's own text goes on to advise weights_only=False, which would let the file run code: keep its first
+        # sentence only
+        first = re.split(r"(?<=\.)\s", (str(error).strip().splitlines() or [type(error).__name__])[0])[0]
+        raise CheckpointError(path, f"truncated or damaged PyTorch checkpoint ({first.rstrip('.:')})") from None
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse zip files that are not checkpoints of weights before torch reads them."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return  # a damaged archive: torch.load names the problem
+    if any(name.endswith("/constants.pkl") for name in names):
+        raise CheckpointError(path, "a TorchScript program (like model.ts), not a checkpoint of weights")
+    if not any(name.endswith("/data.pkl") for name in names):
+        raise CheckpointError(path, "a zip archive that is not a PyTorch checkpoint")
 
 
 def _is_state_dict(value: Any) -> bool:

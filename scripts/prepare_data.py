@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -180,23 +181,39 @@ def _warn(line: str) -> None:
 # ----------------------------------------------------------------------------------------------- archives, download
 
 
+def _unsafe_member(member: zipfile.ZipInfo, out: Path) -> str | None:
+    """Why ``member`` could land outside ``out`` (on any system), or None."""
+    name = member.filename
+    if stat.S_ISLNK(member.external_attr >> 16):
+        return "is a symbolic link"
+    if "\\" in name or (len(name) > 1 and name[1] == ":"):
+        return "is a Windows path (backslashes or a drive letter)"
+    if not (out / name).resolve().is_relative_to(out):
+        return f"would be written outside {out}"
+    return None
+
+
 def extract_zip(archive: Path, out: Path) -> None:
     """
     Extract ``archive`` into ``out``, skipping members already there with the same size (re-runs are cheap).
 
+    Every member is checked before anything is written: absolute paths, ``..``, Windows paths and symbolic links
+    are refused, so a crafted archive cannot write outside ``out``.
+
     Raises:
-        ValueError: when the archive is not a readable zip or a member would land outside ``out``.
+        ValueError: when the archive is not a readable zip or a member could land outside ``out``.
     """
     out = out.resolve()
     try:
         with zipfile.ZipFile(archive) as zf:
             todo = []
             for member in zf.infolist():
+                reason = _unsafe_member(member, out)
+                if reason:
+                    raise ValueError(f"{archive}: refused, member {member.filename!r} {reason}.")
                 if member.is_dir() or member.filename.startswith("__MACOSX/"):
                     continue
                 target = (out / member.filename).resolve()
-                if not target.is_relative_to(out):
-                    raise ValueError(f"{archive}: member {member.filename!r} would be written outside {out}.")
                 if not (target.is_file() and target.stat().st_size == member.file_size):
                     todo.append((member, target))
             for member, target in tqdm(todo, desc=f"extracting {archive.name}", unit="file", disable=not todo):
