@@ -75,7 +75,9 @@ def test_sppf_chains_one_pool():
     assert block.m.kernel_size == 7 and block.m.stride == 1 and block.m.padding == 3
 
 
-@pytest.mark.parametrize("k, s, p", [(5, 1, 2), (3, 2, 1), (3, 1, 1), (7, 1, 3), (2, 2, 0), (4, 2, 1), (13, 1, 6), (1, 1, 0)])
+@pytest.mark.parametrize(
+    "k, s, p", [(5, 1, 2), (3, 2, 1), (3, 1, 1), (7, 1, 3), (2, 2, 0), (4, 2, 1), (13, 1, 6), (1, 1, 0)]
+)
 def test_fast_max_pool_equals_torch(k, s, p):
     """The shifted-maxima pool (SPPF's and the encoder's) gives exactly torch's max-pool, scripted too."""
     x = torch.randn(2, 3, 17, 22)
