@@ -3,12 +3,16 @@ change, cached exports reused; and the same masks as eager mode on real photogra
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from bundle.networks import make_network
 from bundle.networks.fastpath import FAST_PATHS, FastInferer, fold_batchnorm, onnxruntime_available
+from tests.conftest import REPO
+
+DEMO_CHECKPOINT = REPO / "models" / "demo" / "rfeunet_resnet34_isic2017_128.pt"
 
 
 def trained_like(backbone: str = "resnet34", seed: int = 0) -> nn.Module:
@@ -80,3 +84,36 @@ def test_onnx_export_is_cached_by_weights(tmp_path):
         network.load_state_dict(trained_like(seed=1).state_dict())
         again(x, network)
     assert len(list(tmp_path.glob("*.onnx"))) == 2  # one file per set of weights
+
+
+def test_auto_exports_only_trained_weights(tmp_path):
+    checkpoint = tmp_path / "model.pt"
+    assert FastInferer("auto", weights_file=checkpoint).resolve(torch.device("cpu")) == "bn_folded"
+    torch.save(trained_like().state_dict(), checkpoint)
+    expected = "onnxruntime" if onnxruntime_available() else "bn_folded"
+    assert FastInferer("auto", weights_file=checkpoint).resolve(torch.device("cpu")) == expected
+    assert FastInferer("auto", weights_file=checkpoint).resolve(torch.device("cuda")) == "none"
+
+
+def test_fast_path_masks_equal_eager_masks_on_real_photos(isic_val, tmp_path):
+    """The bundle's default inference (fast path "auto") against plain eager PyTorch, through LesionSegmenter and
+    inference.json, on 12 ISIC 2017 photographs at their own size with the demo weights: no pixel differs with
+    ONNX Runtime or BatchNorm folding (float32; a boundary pixel may flip where a probability is 0.5 to ~1e-7)."""
+    from bundle.images import read_photo
+    from bundle.inference import LesionSegmenter
+
+    if not DEMO_CHECKPOINT.is_file():
+        pytest.skip(f"the demo checkpoint {DEMO_CHECKPOINT} is not there yet")
+    common = {"ckpt_path": str(DEMO_CHECKPOINT), "output_dir": str(tmp_path / "out")}
+    eager = LesionSegmenter(overrides={**common, "fast_path": "none"})
+    fast = LesionSegmenter(overrides={**common, "fast_path_cache": str(tmp_path / "cache")})
+    differing = pixels = lesion = 0
+    for photo in sorted((isic_val / "images").glob("*.jpg"))[:12]:
+        image = np.asarray(read_photo(photo))
+        expected, got = eager.segment_array(image)["pred"], fast.segment_array(image)["pred"]
+        differing += int((expected != got).sum())
+        pixels += expected.size
+        lesion += int(expected.sum())
+    assert fast.runner.inferer.engine_name == ("onnxruntime" if onnxruntime_available() else "bn_folded")
+    assert lesion > 0.01 * pixels  # trained weights find lesions: the comparison is not of empty masks
+    assert differing <= 1e-6 * pixels, f"{differing} of {pixels} pixels differ"

@@ -9,8 +9,9 @@ the config's inferer with the network it loaded. Options, measured against plain
   convolution with its BatchNorm and SiLU and keeps one blocked memory layout; float32, the same logits to ~1e-7.
 - ``"bn_folded"``: a copy with every BatchNorm folded into its convolution, in channels-last memory; float32.
 - ``"none"``: the network itself.
-- ``"auto"`` (the default): ``"onnxruntime"`` on the CPU when ``onnx`` and ``onnxruntime`` are installed, else
-  ``"bn_folded"``; ``"none"`` on a GPU, where the runner's mixed precision is the fast path.
+- ``"auto"`` (the default): on the CPU, ``"onnxruntime"`` for trained weights (a ``weights_file`` that exists) when
+  ``onnx`` and ``onnxruntime`` are installed, else ``"bn_folded"`` (an export costs seconds, worth paying once per
+  checkpoint, not for random weights); on a GPU ``"none"``, where the runner's mixed precision is the fast path.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.inferers import Inferer
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -168,8 +170,8 @@ class _FoldedEngine:
         return self.network(inputs.contiguous(memory_format=torch.channels_last))
 
 
-class FastInferer:
-    """A MONAI-style inferer (``inferer(inputs, network)``) that runs an eval-mode network through a fast path.
+class FastInferer(Inferer):
+    """A MONAI inferer (``inferer(inputs, network)``) that runs an eval-mode network through a fast path.
 
     The fast version of ``network`` is made on the first call and made again whenever the network's weights
     change (``load_state_dict``, as MONAI Label does when a checkpoint is updated). A network in training
@@ -180,18 +182,23 @@ class FastInferer:
         cache_dir: where ``"onnxruntime"`` keeps exported models, named by a hash of the weights (the newest
             two are kept), so that only the first start with a checkpoint pays for the export; ``None``: export
             in memory at every start.
+        weights_file: the checkpoint the network's weights come from; ``"auto"`` uses ONNX Runtime only when
+            it exists.
 
     Raises:
         ValueError: an unknown ``fast_path``, or ``"onnxruntime"`` when onnx / onnxruntime are not installed.
     """
 
-    def __init__(self, fast_path: str = "auto", cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, fast_path: str = "auto", cache_dir: str | Path | None = None, weights_file: str | Path | None = None
+    ) -> None:
         if fast_path not in FAST_PATHS:
             raise ValueError(f"fast_path must be one of {', '.join(FAST_PATHS)}, got {fast_path!r}.")
         if fast_path == "onnxruntime" and not onnxruntime_available():
             raise ValueError("fast_path 'onnxruntime' needs the onnx and onnxruntime packages (pip install them).")
         self.fast_path = fast_path
         self.cache_dir = cache_dir or None
+        self.weights_file = weights_file or None
         self.calls = 0
         self._network: weakref.ref | None = None
         self._versions: tuple[int, ...] = ()
@@ -204,7 +211,8 @@ class FastInferer:
             return self.fast_path
         if device.type != "cpu":
             return "none"
-        return "onnxruntime" if onnxruntime_available() else "bn_folded"
+        trained = self.weights_file is not None and Path(self.weights_file).is_file()
+        return "onnxruntime" if trained and onnxruntime_available() else "bn_folded"
 
     def _prepare(self, network: nn.Module, inputs: torch.Tensor) -> None:
         versions = tuple(t._version for t in network.state_dict(keep_vars=True).values())

@@ -69,10 +69,6 @@ class BundleModel:
             device_overrides["amp"] = False
         self.segmenter = LesionSegmenter(bundle_root=self.bundle_root, overrides={**self.overrides, **device_overrides})
         self.device = device
-        self.segmenter.runner.network.register_forward_hook(self._count_forward)
-
-    def _count_forward(self, *_):
-        self.forward_count += 1
 
     def _fall_back(self, err: BaseException) -> None:
         self.fallback_reason = f"GPU not usable ({one_line(err)}); running on the CPU"
@@ -92,6 +88,8 @@ class BundleModel:
                 raise
             self._fall_back(err)
             output = self.segmenter.segment_array(photo)
+        # one network run per photo; counted here because the fast path may run an exported copy of the network
+        self.forward_count += 1
         return {
             "prob": np.asarray(output["prob"], dtype=np.float32),
             "pred": np.asarray(output["pred"], dtype=np.uint8),
