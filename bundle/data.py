@@ -48,6 +48,7 @@ __all__ = [
     "split_items",
     "kfold",
     "original_files",
+    "loader_workers",
     "worker_init",
 ]
 
@@ -424,6 +425,13 @@ def kfold(items: Sequence[Any], k: int = 5, seed: int = 0) -> list[tuple[list[An
     fold_of = _blocks_by_hash(items, split_counts(len(items), [1.0] * k), seed)
     labelled = list(zip(items, fold_of, strict=True))
     return [([i for i, f in labelled if f != fold], [i for i, f in labelled if f == fold]) for fold in range(k)]
+
+
+def loader_workers(limit: int = 4) -> int:
+    """DataLoader worker processes for this machine: one per CPU this process may use, less one for the main
+    process (it runs the network), at most ``limit``; 0 on a single CPU."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(limit, cpus - 1))
 
 
 def worker_init(worker_id: int) -> None:

@@ -64,6 +64,8 @@ class SegmentationRunner:
         amp: run the network under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
         ckpt_path: weights loaded at construction by :func:`bundle.checkpoint.load_weights` (warns when missing).
         network_settings: the settings ``network`` was built with; a checkpoint recording others is an error.
+        num_workers: DataLoader processes that decode and preprocess the next photographs of :meth:`run` while
+            the network runs (0: one thread does it).
 
     Raises:
         bundle.errors.CheckpointError: (at construction) an unreadable checkpoint or one for another network.
@@ -80,6 +82,7 @@ class SegmentationRunner:
         amp: bool = False,
         ckpt_path: str | os.PathLike | None = None,
         network_settings: Mapping[str, Any] | None = None,
+        num_workers: int = 0,
     ) -> None:
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
@@ -88,6 +91,7 @@ class SegmentationRunner:
         self.postprocessing = postprocessing
         self.writer = writer
         self.amp = bool(amp)
+        self.num_workers = int(num_workers)
         self.has_weights = (
             load_weights(self.network, ckpt_path, map_location=self.device, expected=network_settings)
             if ckpt_path
@@ -144,16 +148,26 @@ class SegmentationRunner:
         prob = np.asarray(result["prob"].detach().cpu(), dtype=np.float32).T
         return {"pred": np.ascontiguousarray(pred), "prob": np.ascontiguousarray(prob)}
 
-    def _prepared(self, items: Sequence[dict]) -> Iterator[tuple[dict, dict | None, Exception | None]]:
-        """Yield (item, preprocessed, error), decoding the next photograph in a thread while the network runs."""
+    def _prepared(self, items: Sequence[dict]) -> Iterator[tuple[dict, dict | None, str | None]]:
+        """Yield (item, preprocessed, failure reason), preprocessing ahead of the network: in ``num_workers``
+        DataLoader processes (one thread each), or in one thread when there are none or a single item."""
+        workers = min(self.num_workers, len(items) - 1)
+        if workers > 0:
+            from bundle.data import worker_init
+
+            yield from torch.utils.data.DataLoader(
+                _Preprocessed(items, self.preprocessing),
+                batch_size=None,
+                num_workers=workers,
+                collate_fn=_unchanged,
+                worker_init_fn=worker_init,
+            )
+            return
         slots: queue.Queue = queue.Queue(maxsize=2)
 
         def work():
             for item in items:
-                try:
-                    slots.put((item, self.preprocessing(dict(item)), None))
-                except Exception as err:  # noqa: BLE001 - reported per file by the caller
-                    slots.put((item, None, err))
+                slots.put(_Preprocessed.one(item, self.preprocessing))
             slots.put(None)
 
         threading.Thread(target=work, daemon=True, name="rfe-unet-prefetch").start()
@@ -171,15 +185,15 @@ class SegmentationRunner:
         """
         items = [_as_item(i) for i in items]
         results, failures = [], []
-        for index, (item, data, error) in enumerate(self._prepared(items), start=1):
+        for index, (item, data, reason) in enumerate(self._prepared(items), start=1):
             source = str(item.get("image"))
-            if error is None:
+            if reason is None:
                 try:
                     data = self._finish(data)
                 except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
-                    error = err
-            if error is not None:
-                failures.append((source, describe_error(source, error)))
+                    reason = describe_error(source, err)
+            if reason is not None:
+                failures.append((source, reason))
                 if on_failure is not None:
                     on_failure(*failures[-1])
                 continue
@@ -202,6 +216,32 @@ class SegmentationRunner:
         if failures:
             raise SystemExit(1)
         return 0
+
+
+class _Preprocessed(torch.utils.data.Dataset):
+    """Items through ``preprocessing`` as ``(item, preprocessed, None)``, or ``(item, None, reason)`` when that
+    fails (a one-line string, since exceptions of any type may not cross from a worker process)."""
+
+    def __init__(self, items: Sequence[dict], preprocessing: Callable) -> None:
+        self.items, self.preprocessing = items, preprocessing
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[dict, dict | None, str | None]:
+        return self.one(self.items[index], self.preprocessing)
+
+    @staticmethod
+    def one(item: dict, preprocessing: Callable) -> tuple[dict, dict | None, str | None]:
+        try:
+            return item, preprocessing(dict(item)), None
+        except Exception as err:  # noqa: BLE001 - reported per file by the caller
+            return item, None, describe_error(str(item.get("image")), err)
+
+
+def _unchanged(entry: Any) -> Any:
+    """A DataLoader collate function that leaves each (item, preprocessed, reason) as it is."""
+    return entry
 
 
 def describe_error(source: str, error: BaseException) -> str:
