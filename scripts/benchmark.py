@@ -201,16 +201,20 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 COMPUTE_OPS = ("conv", "addmm", "aten::mm", "matmul", "linear", "bmm")
 
 
-def convolution_share(forward: Callable[[], Any]) -> float:
-    """Fraction of one call's CPU time spent in convolution and matrix-multiply kernels (torch.profiler)."""
+def operator_shares(forward: Callable[[], Any], top: int = 6) -> tuple[float, dict[str, float]]:
+    """One call under torch.profiler: the fraction of CPU time in convolution and matrix-multiply kernels, and the
+    ``top`` operators by their own CPU time (fractions)."""
     from torch.profiler import ProfilerActivity, profile
 
     with quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
         forward()
     events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
     total = sum(e.self_cpu_time_total for e in events)
+    if not total:
+        return 0.0, {}
     compute = sum(e.self_cpu_time_total for e in events if any(op in e.key for op in COMPUTE_OPS))
-    return compute / total if total else 0.0
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return compute / total, {e.key: e.self_cpu_time_total / total for e in ranked}
 
 
 @contextlib.contextmanager
@@ -338,7 +342,7 @@ def measure_networks(settings: Settings, ceiling: Mapping[str, Any] | None) -> d
         throughput = interleaved(
             {k: (lambda m=m: m(many)) for k, m in models.items()}, settings.batch_repeats, settings.warmup
         )
-        shares = {k: convolution_share(lambda m=m: m(single)) for k, m in models.items()}
+        profiles = {k: operator_shares(lambda m=m: m(single)) for k, m in models.items()}
     peak = ceiling.get("gmacs_per_s") if ceiling else None
     for label, row in rows.items():
         row["batch1"] = summary(latency[label])
@@ -347,8 +351,9 @@ def measure_networks(settings: Settings, ceiling: Mapping[str, Any] | None) -> d
         row["images_per_s"] = batch / row[f"batch{batch}"]["median_s"]
         row["gmacs_per_s"] = row["macs"] / row["batch1"]["median_s"] / 1e9
         row["of_ceiling"] = ratio(row["gmacs_per_s"], peak)
-        row["convolution_time_share"] = shares[label]
-        row["convolution_gmacs_per_s"] = row["gmacs_per_s"] / shares[label] if shares[label] else None
+        share, row["top_operators"] = profiles[label]
+        row["convolution_time_share"] = share
+        row["convolution_gmacs_per_s"] = row["gmacs_per_s"] / share if share else None
     for row in rows.values():
         if row["name"] == "rfeunet":
             peer = rows.get(network_label("flexibleunet", row["backbone"]))
@@ -962,6 +967,17 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                 for label, r in n["rows"].items()
             ],
         )
+        out += [
+            "Where the batch-1 time goes (torch.profiler, own CPU time of the largest operators; "
+            "`_slow_conv2d_forward` is PyTorch's im2col path, which it picks over oneDNN for 1×1 convolutions on one "
+            "thread and for small batch-1 feature maps):",
+            "",
+        ]
+        out += [
+            f"- {label}: " + ", ".join(f"`{op}` {share * 100:.0f}%" for op, share in r["top_operators"].items())
+            for label, r in n["rows"].items()
+        ]
+        out += [""]
     if ok("fast_path"):
         out += ["### Fast inference path (RFE U-Net, batch 1; speed-up over plain eager float32)", ""]
         header = ["option"] + [f"{r['network']} {r['image_size']} px" for r in results["fast_path"]["rows"]]
