@@ -103,7 +103,10 @@ def test_infer_returns_the_photo_sized_label_of_the_bundle(server, tmp_path):
         expected = _bundle_inference(_bundle_dir(server), server.studies / f"{stem}.jpg", tmp_path)
         assert 0.02 < expected.mean() < 0.98, "a mask of one class would make this comparison meaningless"
         assert not np.array_equal(expected, expected[::-1]) and not np.array_equal(expected, expected[:, ::-1])
-        assert np.array_equal(label, expected), stem  # same pixels, same orientation as the photo
+        # same pixels, same orientation as the photo; the fast paths of the two venvs (BatchNorm folding without
+        # onnxruntime, ONNX Runtime with it) may flip a few pixels whose lesion probability is 0.5 to ~1e-6
+        differing = np.count_nonzero(label != expected)
+        assert label.shape == expected.shape and differing <= 1e-4 * label.size, (stem, differing)
 
 
 def test_slicer_and_png_labels_train_one_epoch_and_inference_still_works(server):
