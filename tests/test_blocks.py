@@ -88,3 +88,13 @@ def test_fast_max_pool_equals_torch(k, s, p):
     assert torch.equal(torch.jit.script(pool)(x), expected)
     with pytest.raises(RuntimeError, match="pad should be at most half"):
         MaxPool2d(3, 1, 2)(x)
+
+
+def test_fast_max_pool_trains_through_the_stock_operator():
+    """With gradients (training) the stock pool runs: ties give the whole gradient to one element, as torch does."""
+    x = torch.randn(2, 3, 17, 22)
+    x[0, 0, 4:9, 4:9] = 1.0  # ties, where running maxima would split the gradient
+    ours, stock = x.clone().requires_grad_(), x.clone().requires_grad_()
+    MaxPool2d(5, 1, 2)(ours).sum().backward()
+    torch.nn.functional.max_pool2d(stock, 5, 1, 2).sum().backward()
+    assert torch.equal(ours.grad, stock.grad)

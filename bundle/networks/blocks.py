@@ -54,8 +54,10 @@ class MaxPool2d(nn.MaxPool2d):
     code and records indices; a 5x5 stride-1 pool of a 32x128x128 feature took 37 ms on one core where these
     six element-wise maxima take 2 ms (docs/performance.md). The result is exactly the same, since a max does
     not depend on the order of comparisons. For inputs that are not floating point, for dilation, ceil mode or
-    non-square windows, and in ONNX export, the stock operator runs. Indices are not offered. Gradients: equal
-    maxima in a window share the gradient (``torch.maximum``) where the stock kernel gives it to one of them.
+    non-square windows, in ONNX export, and whenever the input requires a gradient (training), the stock operator
+    runs: backpropagating through the six maxima cost 3.6-4x the stock pool's forward and backward (measured with
+    8x{32,64,128}x{32,64}^2 inputs on one core), and the stock kernel keeps training exactly as before. Indices are
+    not offered.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -78,6 +80,7 @@ class MaxPool2d(nn.MaxPool2d):
             and not self.ceil_mode
             and x.is_floating_point()
             and x.dim() == 4
+            and not x.requires_grad
         ):
             return _sliding_max(_sliding_max(x, 3, k, s, p), 2, k, s, p)
         return self._stock(x)
