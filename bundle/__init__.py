@@ -13,6 +13,7 @@ import logging
 
 _SUBMODULES = (
     "checkpoint",
+    "checks",
     "cli",
     "config",
     "data",
@@ -24,6 +25,7 @@ _SUBMODULES = (
     "losses",
     "metrics",
     "networks",
+    "training",
     "transforms",
 )
 

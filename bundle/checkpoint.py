@@ -244,10 +244,9 @@ def load_weights(
 
 
 class NetworkCheckpoint:
-    """What ``CheckpointSaver`` saves as ``model.pt``: the network's weights and the settings it was built with.
-
-    Saved alone (one key in ``save_dict``), ignite writes :meth:`state_dict` as the whole file:
-    ``{"model": <state_dict>, "network": <settings>}``. DDP's wrapper is unwrapped, so names have no ``module.``.
+    """What training saves as ``model.pt`` (``bundle.training.TrainingCheckpoints``): the network's weights and the
+    settings it was built with, ``{"model": <state_dict>, "network": <settings>}`` (:meth:`state_dict`). DDP's
+    wrapper is unwrapped, so names have no ``module.``.
     """
 
     def __init__(self, network: torch.nn.Module, settings: Mapping[str, Any]) -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "CheckpointError",
     "MissingCheckpointError",
     "CheckpointMismatchError",
+    "TrainingError",
     "innermost",
 ]
 
@@ -68,6 +69,10 @@ class MissingCheckpointError(CheckpointError):
 
 class CheckpointMismatchError(CheckpointError):
     """The checkpoint's network differs from the one the configuration asks for; the message names both."""
+
+
+class TrainingError(BundleError):
+    """Training that started but cannot go on (e.g. the loss became NaN); its checkpoints from before are kept."""
 
 
 def innermost(error: BaseException) -> BaseException:

@@ -6,9 +6,13 @@ tables, a markdown table shaped like the paper's Tables 4–6, and overlay pictu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,8 @@ class SegmentationReport:
         jaccard_threshold: ISIC 2018's thresholded Jaccard cut-off.
         noise_std: recorded in the report (the Gaussian noise σ added to the [0, 1] image, Table 10).
         title: the model's row label in the markdown table.
+        scored: what was scored, recorded in ``metrics.json`` and ``metrics.md`` with the checkpoint's SHA-256, the
+            number of images and the time: ``{"checkpoint": path, "data": datalist or folder, "split": key}``.
     """
 
     def __init__(
@@ -75,8 +81,10 @@ class SegmentationReport:
         jaccard_threshold: float = 0.65,
         noise_std: float = 0.0,
         title: str = "RFE U-Net",
+        scored: Mapping[str, Any] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.scored = {key: str(value) for key, value in (scored or {}).items()}
         self.save_overlays = save_overlays
         self.overlay_size = overlay_size
         self.noise_std = float(noise_std)
@@ -130,12 +138,15 @@ class SegmentationReport:
         if not summary:
             logger.warning("no images were evaluated; nothing written to %s", self.output_dir)
             return summary
-        report = {"noise_std": self.noise_std, "summary": summary}
+        scored = self._provenance(len(self.scores["original"]))
+        report = {"scored": scored, "noise_std": self.noise_std, "summary": summary}
         report["per_image"] = {res: scores.per_image for res, scores in self.scores.items()}
         write_text_atomically(self.output_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
         for res, scores in self.scores.items():
             scores.to_csv(self.output_dir / f"metrics_{res}.csv")
-        write_text_atomically(self.output_dir / "metrics.md", markdown_table(summary, self.title, self.noise_std))
+        heading = ", ".join(f"{key} {value}" for key, value in scored.items())
+        table = markdown_table(summary, self.title, self.noise_std)
+        write_text_atomically(self.output_dir / "metrics.md", f"Scored: {heading}.\n\n{table}")
         for res, values in summary.items():
             logger.info(
                 "%s resolution: mIoU %.4f mDice %.4f IoU* %.4f Dice* %.4f TJ %.4f HD95 %.2f px (%d images)",
@@ -149,6 +160,34 @@ class SegmentationReport:
                 values["n_images"],
             )
         return summary
+
+    def _provenance(self, images: int) -> dict[str, Any]:
+        scored: dict[str, Any] = dict(self.scored)
+        checkpoint = Path(scored.get("checkpoint", ""))
+        if checkpoint.is_file():
+            digest = hashlib.sha256()
+            with open(checkpoint, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            scored["checkpoint_sha256"] = digest.hexdigest()
+        scored["images"] = images
+        scored["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return scored
+
+
+REPORT_FILES = ("metrics.json", "metrics_working.csv", "metrics_original.csv", "metrics.md")
+
+
+def clear_report(output_dir: str | os.PathLike) -> None:
+    """Delete the report files and overlays an earlier evaluation wrote to ``output_dir``, so that a failed or
+    different evaluation never leaves them looking like its own. Other files are left alone."""
+    folder = Path(output_dir)
+    old = [folder / name for name in REPORT_FILES if (folder / name).is_file()]
+    old += sorted((folder / "overlays").glob("*_overlay.png")) if (folder / "overlays").is_dir() else []
+    for path in old:
+        path.unlink(missing_ok=True)
+    if old:
+        logger.info("Removed the previous report in %s (%d files)", folder, len(old))
 
 
 def markdown_table(summary: dict[str, dict], title: str = "RFE U-Net", noise_std: float = 0.0) -> str:

@@ -1,0 +1,223 @@
+"""Checking a data set before training or evaluation starts, so that a bad file is one line naming it, not a
+traceback from inside a transform halfway through the first epoch.
+
+Every pair is read once (photos at the working size where the format allows, which still reads every byte):
+
+- the photo must decode (not empty, truncated, or another kind of file);
+- the mask must decode, have the photo's size *as displayed* (EXIF orientation applied, as the photo is read), and
+  be two-level: background and lesion. Values within 10 % of either level count as that level (JPEG noise); a mask
+  holding a few distinct values with some in between (a label map with several labels) or with more than 5 % of
+  its pixels in between (a photograph, a probability map, wide soft edges) is refused. Thin anti-aliased edges
+  and colour-on-black masks pass and are thresholded at half, as ``bundle.images.lesion_binary`` does;
+- empty and full masks are named in a warning, and a split where every mask is empty (or every one full) is refused.
+
+With ``skip_bad_pairs`` the bad pairs are left out and listed instead. Training without validation pairs validates
+on a share of its training pairs (:func:`training_splits`), so that a best model is chosen and ``model.pt`` written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from bundle.data import has_extension, load_datalist, split_items
+from bundle.errors import BadInputError, DataError
+from bundle.images import EXIF_ORIENTATION, displayed_size, lesion_binary, read_photo
+
+__all__ = ["MAX_IN_BETWEEN_SHARE", "check_pair", "checked_pairs", "training_splits"]
+
+logger = logging.getLogger(__name__)
+
+LEVEL_TOLERANCE = 0.1  # a value within 10 % of the mask's maximum from 0 or from the maximum is that level
+MAX_IN_BETWEEN_SHARE = 0.05
+LABEL_MAP_VALUES = 8  # at most this many distinct values, some of them in between: several labels
+VALIDATION_SHARE = 0.1  # of the training pairs, when a data set has no validation pairs
+_PIL_MASKS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".gif")
+_LISTED = 5
+
+
+@dataclass
+class PairCheck:
+    """The outcome of :func:`check_pair`: ``problem`` (one line naming the file) or the mask's lesion share."""
+
+    item: dict[str, Any]
+    problem: str | None = None
+    lesion_share: float = 0.0
+
+
+def _read_mask_values(path: str) -> tuple[tuple[int, int], np.ndarray]:
+    """(width, height) and the mask's values with channels last, as stored (masks carry no EXIF orientation)."""
+    if has_extension(path, _PIL_MASKS):
+        with Image.open(path) as opened:
+            return opened.size, np.asarray(opened)
+    from monai.transforms import LoadImage  # NIfTI, NRRD, MetaImage: MONAI's readers, as training loads them
+
+    values = np.asarray(LoadImage(image_only=True)(path))
+    while values.ndim > 2 and values.shape[-1] == 1:
+        values = values[..., 0]
+    return (int(values.shape[0]), int(values.shape[1])), values.swapaxes(0, 1)  # MONAI's (W, H) → (H, W)
+
+
+def _levels_problem(values: np.ndarray) -> str | None:
+    """Why ``values`` (a mask, channels last) is not a two-level mask, or None."""
+    levels = values[..., :3].max(axis=-1) if values.ndim == 3 else values
+    peak = float(levels.max()) if levels.size else 0.0
+    if peak <= 0:
+        return None
+    between = (levels > LEVEL_TOLERANCE * peak) & (levels < (1 - LEVEL_TOLERANCE) * peak)
+    share = float(between.mean())
+    if share == 0:
+        return None
+    distinct = np.unique(levels)
+    if len(distinct) <= LABEL_MAP_VALUES:
+        shown = ", ".join(f"{v:g}" for v in distinct.tolist())
+        return f"holds {len(distinct)} different values ({shown}), not two (background and lesion): several labels?"
+    if share > MAX_IN_BETWEEN_SHARE:
+        return (
+            f"is not a two-level mask: {share:.0%} of its pixels lie between background and lesion (a photograph, "
+            "a probability map or blurred edges?); save it with two values, 0 and 255 (or 0 and 1)"
+        )
+    return None
+
+
+def check_pair(item: Mapping[str, Any], working_size: int | None = None) -> PairCheck:
+    """Read one ``{"image", "label"}`` pair and say what is wrong with it, if anything (see the module's text)."""
+    check = PairCheck(dict(item))
+    photo, mask = str(item["image"]), item.get("label")
+    try:
+        read_photo(photo, reduce_to=(working_size, working_size) if working_size else None)
+        with Image.open(photo) as opened:  # the size as displayed, which the decoded copy may be reduced from
+            photo_size = displayed_size(opened)
+            rotated = opened.getexif().get(EXIF_ORIENTATION, 1) != 1
+    except BadInputError as error:
+        check.problem = str(error)
+        return check
+    if mask is None:
+        return check
+    try:
+        mask_size, values = _read_mask_values(str(mask))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError) as error:
+        reason = "empty file" if os.path.isfile(mask) and os.path.getsize(mask) == 0 else f"cannot read mask ({error})"
+        check.problem = f"{mask}: {' '.join(reason.split())}"
+        return check
+    if mask_size != photo_size:
+        hint = " (the photo's EXIF orientation turns it: save the mask as the photo is displayed)" if rotated else ""
+        check.problem = (
+            f"{mask}: mask is {mask_size[0]}x{mask_size[1]} but its photo {photo} is {photo_size[0]}x{photo_size[1]}"
+            f"{hint}"
+        )
+        return check
+    problem = _levels_problem(values)
+    if problem:
+        check.problem = f"{mask}: {problem}"
+        return check
+    check.lesion_share = float(lesion_binary(values).mean())
+    return check
+
+
+def _listed(lines: Sequence[str]) -> str:
+    more = f"; and {len(lines) - _LISTED} more (all logged above)" if len(lines) > _LISTED else ""
+    return "; ".join(lines[:_LISTED]) + more
+
+
+def checked_pairs(
+    items: Sequence[Mapping[str, Any]],
+    split: str,
+    skip_bad_pairs: bool = False,
+    working_size: int | None = None,
+    source: str = "",
+) -> list[dict[str, Any]]:
+    """Check every pair of one split (:func:`check_pair`, in threads) and return the usable ones.
+
+    Args:
+        items: the split's items, paths absolute (``bundle.data.load_datalist``).
+        split: its name, for the messages.
+        skip_bad_pairs: leave bad pairs out (each logged, and their count) instead of refusing.
+        working_size: the network's input size, to decode photos no larger than needed.
+        source: where the split comes from, for the messages (e.g. the datalist file).
+
+    Raises:
+        DataError: the split is empty (or empty once bad pairs are left out); a pair is bad and ``skip_bad_pairs``
+            is off (naming each file and its problem); or every mask is empty, or every one full.
+    """
+    where = f"the {split} split" + (f" of {source}" if source else "")
+    if not items:
+        raise DataError(f"{where} holds no image/mask pairs.")
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="rfe-check") as pool:
+        checks = list(pool.map(lambda item: check_pair(item, working_size), items))
+    bad = [c.problem for c in checks if c.problem]
+    for line in bad:
+        logger.error("%s (%s)", line, "left out" if skip_bad_pairs else where)
+    if bad and not skip_bad_pairs:
+        raise DataError(
+            f"{len(bad)} bad pair(s) in {where}: {_listed(bad)}. Fix or remove them, or add --skip_bad_pairs true "
+            "to leave them out."
+        )
+    good = [c for c in checks if not c.problem]
+    if bad:
+        logger.warning("Left out %d bad pair(s) of %s; %d remain.", len(bad), where, len(good))
+    if not good:
+        raise DataError(f"{where} holds no usable image/mask pair: all {len(items)} are bad.")
+    for kind, share in (("empty (no lesion pixel)", 0.0), ("full (lesion everywhere)", 1.0)):
+        named = [str(c.item.get("label")) for c in good if c.item.get("label") and c.lesion_share == share]
+        if named and len(named) == len(good):
+            raise DataError(
+                f"every mask of {where} is {kind}, so there is nothing to learn or score: {_listed(named)}. "
+                "Check that the masks mark the lesion (e.g. 255 on 0)."
+            )
+        for name in named:
+            logger.warning("mask %s is %s", name, kind)
+    return [c.item for c in good]
+
+
+def training_splits(
+    dataset_dir: str | os.PathLike | None,
+    datalist: str | os.PathLike | None = None,
+    skip_bad_pairs: bool = False,
+    working_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, list[dict[str, Any]]]:
+    """The checked ``training`` and ``validation`` pairs of a data set (:func:`checked_pairs` for each).
+
+    When it has no validation pairs (an empty or missing split, or a folder too small for the 80/10/10 split), a
+    tenth of the training pairs (at least one), chosen by file-name hash with ``seed``, validates instead and the
+    choice is logged, so that a best model is chosen and written.
+
+    Raises:
+        DataError: as :func:`checked_pairs`, or fewer than two training pairs and no validation pairs.
+    """
+    source = str(datalist or dataset_dir)
+    training = checked_pairs(load_datalist(dataset_dir, datalist, key="training"), "training", skip_bad_pairs,
+                             working_size, source)  # fmt: skip
+    try:
+        validation = load_datalist(dataset_dir, datalist, key="validation")
+    except DataError as error:
+        if "no key 'validation'" not in str(error) and "no split 'validation'" not in str(error):
+            raise
+        validation = []
+    if validation:
+        return {"training": training, "validation": checked_pairs(validation, "validation", skip_bad_pairs,
+                                                                  working_size, source)}  # fmt: skip
+    if len(training) < 2:
+        raise DataError(
+            f"{source} has {len(training)} training pair and no validation pairs: training needs at least two pairs "
+            "(one to validate on, which chooses models/model.pt)."
+        )
+    count = max(1, round(VALIDATION_SHARE * len(training)))
+    parts = split_items(training, [len(training) - count, count], seed, keys=("training", "validation"))
+    logger.warning(
+        "%s has no validation pairs: validating on %d of its %d training pairs instead: %s",
+        source,
+        count,
+        len(training),
+        ", ".join(Path(item["image"]).name for item in parts["validation"]),
+    )
+    return parts
