@@ -54,7 +54,22 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# Pillow's plugins that identify a file but cannot decode it by themselves: stubs for scientific formats, MPEG
+# (header only), EPS (needs Ghostscript), WMF/EMF (Windows only).
+_UNDECODABLE_FORMATS = ("BUFR", "GRIB", "HDF5", "MPEG", "EPS", "WMF")
+
+
+def _photo_extensions() -> tuple[str, ...]:
+    from PIL import Image
+
+    Image.init()
+    formats = set(Image.OPEN) - set(_UNDECODABLE_FORMATS)
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in formats))
+
+
+# Every extension of a format Pillow decodes by itself (.jpg, .png, .tif, .bmp, .webp, .gif, .jp2, .avif, ...;
+# which ones depends on the installed Pillow). A file's content, not its extension, decides how it is read.
+IMAGE_EXTENSIONS = _photo_extensions()
 # ".nii.gz", ".nii", ".nrrd", ".mha" and ".mhd" hold labels saved by 3D Slicer (read by nibabel, pynrrd, ITK).
 MASK_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 # A mask belongs to an image when its stem is the image's stem plus one of these (compared case-insensitively):
@@ -68,6 +83,7 @@ DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 DATALIST_NAME = "datalist.json"
 _DOUBLE_EXTENSIONS = (".nii.gz",)
 _MAX_LISTED_MISSING = 5
+_MAX_LISTED_SKIPPED = 20
 
 
 def file_stem(path: str | os.PathLike) -> str:
@@ -188,20 +204,41 @@ def list_images(path: str | os.PathLike, key: str = "test") -> list[dict[str, st
     """
     path = Path(path).expanduser()
     if path.is_dir():
+        folder = path
         images = [p for p in sorted(path.iterdir()) if _is_image_file(p)]
         if not images and (path / "images").is_dir():
-            images = [p for p in sorted((path / "images").iterdir()) if _is_image_file(p)]
+            folder = path / "images"
+            images = [p for p in sorted(folder.iterdir()) if _is_image_file(p)]
         if not images:
-            extensions = ", ".join(IMAGE_EXTENSIONS)
-            raise DataError(f"folder {path} holds no images ({extensions}), nor does {path / 'images'}.")
+            raise DataError(
+                f"folder {path} holds no images (any format Pillow reads, e.g. .jpg, .png, .tif, .webp), nor does "
+                f"{path / 'images'}."
+            )
+        _log_skipped(folder, images)
         return [{"image": str(p.resolve())} for p in images]
     if path.is_file() and path.suffix.lower() == ".json":
         return inference_inputs("", path, key)
     if path.is_file() and has_extension(path, IMAGE_EXTENSIONS):
         return [{"image": str(path.resolve())}]
     if path.is_file():
-        raise DataError(f"{path} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor a datalist .json file.")
+        raise DataError(f"{path} is neither an image (a format Pillow reads) nor a datalist .json file.")
     raise DataError(f"{path} does not exist.")
+
+
+def _log_skipped(folder: Path, images: Sequence[Path]) -> None:
+    """Count and name the files of ``folder`` that are not listed as photographs (hidden files aside)."""
+    listed = set(images)
+    skipped = [p.name for p in sorted(folder.iterdir()) if p.is_file() and p not in listed and p.name[0] != "."]
+    if skipped:
+        shown = ", ".join(skipped[:_MAX_LISTED_SKIPPED])
+        more = f" and {len(skipped) - _MAX_LISTED_SKIPPED} more" if len(skipped) > _MAX_LISTED_SKIPPED else ""
+        logger.warning(
+            "Skipped %d file(s) in %s that are not photographs (by their extension or name): %s%s",
+            len(skipped),
+            folder,
+            shown,
+            more,
+        )
 
 
 def inference_inputs(

@@ -8,6 +8,8 @@ Arrays here are in numpy's order, (H, W[, C]), row 0 at the top; ``bundle.transf
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,8 @@ __all__ = [
     "photo_from_array",
     "read_mask",
     "read_photo",
+    "read_photo_sized",
+    "reduce_photo",
     "to_display_rgb",
 ]
 
@@ -31,13 +35,36 @@ _GREY_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
+def _silence_libtiff() -> None:
+    """Stop libtiff writing its errors to stderr from C (Linux; elsewhere nothing changes).
+
+    Those writes land in the middle of the one-line reports of other threads and processes; Pillow raises the
+    same errors as exceptions, which are reported once per file.
+    """
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            path = next((line.split()[-1] for line in maps if "/libtiff" in line), None)
+        if path:
+            import ctypes
+
+            library = ctypes.CDLL(path)
+            library.TIFFSetErrorHandler(None)
+            library.TIFFSetWarningHandler(None)
+    except (OSError, AttributeError):
+        pass
+
+
+_silence_libtiff()
+
+
 def to_display_rgb(img: Image.Image) -> Image.Image:
     """Return the 8-bit RGB image a viewer shows for ``img``.
 
     EXIF orientation is applied; transparency is composited over white; 16- and 32-bit grey levels are scaled
     to 8 bits by their bit depth (not clipped); CMYK, palette, grey and other modes are converted to RGB.
     """
-    img = ImageOps.exif_transpose(img)
+    if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)  # without an orientation it would return a full copy
     if img.mode in _GREY_HIGH_DEPTH_MODES:
         values = np.asarray(img, dtype=np.float64)
         full_scale = 65535.0 if img.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
@@ -62,17 +89,24 @@ def displayed_size(img: Image.Image) -> tuple[int, int]:
     return width, height
 
 
-def read_photo(path: str | os.PathLike, reduce_to: tuple[int, int] | None = None) -> Image.Image:
-    """Open, fully decode and convert one photograph with :func:`to_display_rgb`.
+def read_photo_sized(
+    path: str | os.PathLike, reduce_to: tuple[int, int] | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Open, fully decode and convert one photograph with :func:`to_display_rgb`; also give its full size.
 
     Args:
-        path: the photograph.
+        path: the photograph; its content decides how it is read, whatever its extension says.
         reduce_to: (width, height) as displayed that the caller will resize to: a JPEG is then decoded at the
             smallest power-of-two reduction still at least that large (every byte is still read, so a truncated
-            file still fails). Other formats ignore it.
+            file still fails). Other formats ignore it (see :func:`reduce_photo`).
+
+    Returns:
+        The RGB photo as displayed, and its (width, height) as displayed before any reduction.
 
     Raises:
-        BadInputError: naming the file, when it is missing, empty, not an image, truncated or too large.
+        BadInputError: naming the file, when it is missing, empty, not an image, truncated, or declares more
+            pixels than Pillow's decompression-bomb limit (about 179 megapixels), which is refused from the file's
+            header before any memory is spent.
     """
     path = Path(path)
     if not path.is_file():
@@ -80,19 +114,46 @@ def read_photo(path: str | os.PathLike, reduce_to: tuple[int, int] | None = None
     if path.stat().st_size == 0:
         raise BadInputError(path, "empty file")
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():
+            # between Pillow's warning (89 MP) and error (179 MP) limits: read, at the size reduce_to asks for
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
+            size = displayed_size(opened)
             if reduce_to is not None:
                 width, height = reduce_to
                 swapped = opened.getexif().get(EXIF_ORIENTATION, 1) in _TRANSPOSING_ORIENTATIONS
                 opened.draft(opened.mode, (height, width) if swapped else (width, height))
             opened.load()
-            return to_display_rgb(opened)
+            return to_display_rgb(opened), size
     except UnidentifiedImageError:
         raise BadInputError(path, "not an image file that Pillow can identify") from None
     except Image.DecompressionBombError as err:
-        raise BadInputError(path, f"image too large ({err})") from None
+        declared = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = f"{int(declared.group(1)) / 1e6:,.0f} megapixels" if declared else "too many pixels"
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise BadInputError(
+            path,
+            f"declares {pixels}, more than the {limit:.0f} a photograph may have: refused unread (a "
+            "decompression bomb, or not a photograph)",
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise BadInputError(path, f"cannot decode image ({err})") from None
+
+
+def read_photo(path: str | os.PathLike, reduce_to: tuple[int, int] | None = None) -> Image.Image:
+    """The photo of :func:`read_photo_sized`, without its size."""
+    return read_photo_sized(path, reduce_to)[0]
+
+
+def reduce_photo(photo: Image.Image, at_least: tuple[int, int]) -> Image.Image:
+    """``photo`` box-averaged by whole factors per axis, as far as it stays at least ``at_least`` (width, height).
+
+    Decoding a 12000×9000 photograph for a 256-pixel network needs 324 MB as RGB and 1.3 GB as float32; reduced
+    first, the float copy is a few megabytes.
+    """
+    factors = (max(1, photo.width // max(1, at_least[0])), max(1, photo.height // max(1, at_least[1])))
+    return photo.reduce(factors) if factors != (1, 1) else photo
 
 
 def photo_from_array(array: np.ndarray, name: str = "array") -> Image.Image:

@@ -175,13 +175,17 @@ class SegmentationRunner:
             yield entry
 
     def run(
-        self, items: Sequence[Item], on_failure: Callable[[str, str], object] | None = None
+        self,
+        items: Sequence[Item],
+        on_failure: Callable[[str, str], object] | None = None,
+        keep_results: bool = True,
     ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         """Segment every item; a file that fails is recorded (and passed to ``on_failure``) and the rest go on.
 
         Returns:
-            ``(results, failures)``: the post-processed dicts of the items that succeeded, and
-            ``(input path, one-line reason)`` for those that failed.
+            ``(results, failures)``: the post-processed dicts of the items that succeeded (with
+            ``keep_results=False`` only their paths, so a folder of large photos does not pile up full-size
+            predictions in memory), and ``(input path, one-line reason)`` for those that failed.
         """
         items = [_as_item(i) for i in items]
         results, failures = [], []
@@ -197,7 +201,7 @@ class SegmentationRunner:
                 if on_failure is not None:
                     on_failure(*failures[-1])
                 continue
-            results.append(data)
+            results.append(data if keep_results else {k: v for k, v in data.items() if k.endswith("_path")})
             logger.info("[%d/%d] %s -> %s", index, len(items), source, data.get("pred_path", "(in memory)"))
         return results, failures
 
@@ -211,7 +215,11 @@ class SegmentationRunner:
         """
         if not items:
             raise DataError("no input images found")
-        results, failures = self.run(items, on_failure=lambda _, reason: print(f"ERROR {reason}", file=sys.stderr))
+        results, failures = self.run(
+            items,
+            on_failure=lambda _, reason: print(f"ERROR {reason}", file=sys.stderr, flush=True),
+            keep_results=False,
+        )
         print(f"segmented {len(results)} of {len(items)} images; {len(failures)} failed", flush=True)
         if failures:
             raise SystemExit(1)

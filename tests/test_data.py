@@ -45,7 +45,8 @@ def make_folders(root: Path, names: list[str], mask_suffix: str = "") -> None:
 
 
 def test_extensions_and_stems():
-    assert {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"} == set(IMAGE_EXTENSIONS)
+    assert {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jp2"} <= set(IMAGE_EXTENSIONS)
+    assert not {".h5", ".eps", ".txt", ".json", ".pt"} & set(IMAGE_EXTENSIONS)
     assert {".nii.gz", ".nii", ".nrrd", ".gif"} <= set(MASK_EXTENSIONS)
     assert file_stem("/a/b/case_1.nii.gz") == "case_1"
     assert file_stem("case.2.PNG") == "case.2"
