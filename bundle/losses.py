@@ -7,15 +7,16 @@ and MONAI's Dice + cross-entropy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["ExpLoss", "AdaptExpLoss", "AdaptLogLoss", "make_loss", "LOSS_NAMES"]
+__all__ = ["ExpLoss", "AdaptExpLoss", "AdaptLogLoss", "AdaptExpCELoss", "make_loss", "LOSS_NAMES"]
 
 
 class ExpLoss(_Loss):
@@ -189,9 +190,42 @@ class AdaptLogLoss(AdaptExpLoss):
         return -torch.nn.functional.logsigmoid(logits), -torch.nn.functional.logsigmoid(-logits)
 
 
+class AdaptExpCELoss(_Loss):
+    """
+    Adapt Exp plus cross-entropy: the paper's loss (:class:`AdaptExpLoss`, per-image class balance) with an unweighted
+    2-class softmax cross-entropy term,
+
+    .. math::
+        L = L_{\\text{Adapt Exp}} + \\lambda_{CE} \\, L_{CE}.
+
+    Not in the paper. The cross-entropy's logit gradient :math:`p - y` does not vanish for confidently wrong pixels,
+    where Adapt Exp's does (see :class:`AdaptLogLoss`), and being unweighted it pulls against Adapt Exp's tendency to
+    call too many pixels lesion (equal class weights move the decision boundary towards the background).
+
+    Args:
+        lambda_ce: weight of the cross-entropy term.
+        eps: :math:`\\epsilon` of Adapt Exp's eq. (2).
+    """
+
+    def __init__(self, lambda_ce: float = 1.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        if not lambda_ce >= 0:
+            raise ValueError(f"lambda_ce must be >= 0, got {lambda_ce}.")
+        self.lambda_ce = lambda_ce
+        self.adapt_exp = AdaptExpLoss(eps=eps)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``input``: (B, 2, spatial...) logits; ``target``: (B, 1, spatial...) or (B, spatial...) of 0/1."""
+        loss = self.adapt_exp(input, target)  # also checks shapes and values
+        labels = (target[:, 0] if target.ndim == input.ndim else target).long()
+        cross_entropy = torch.nn.functional.cross_entropy(input.float(), labels)
+        return loss + self.lambda_ce * cross_entropy
+
+
 _FACTORIES: dict[str, Callable[..., _Loss]] = {
     "adaptexp": AdaptExpLoss,
     "adaptlog": AdaptLogLoss,
+    "adaptexpce": AdaptExpCELoss,
     "exp": ExpLoss,
     "bce": partial(DiceCELoss, to_onehot_y=True, softmax=True, lambda_dice=0.0),
     "dice": partial(DiceLoss, to_onehot_y=True, softmax=True),
@@ -208,6 +242,7 @@ def make_loss(name: str, **kwargs: Any) -> _Loss:
 
     - ``"adaptexp"``: :class:`AdaptExpLoss`, the paper's loss.
     - ``"adaptlog"``: :class:`AdaptLogLoss`, the same per-image weights on cross-entropy terms (not in the paper).
+    - ``"adaptexpce"``: :class:`AdaptExpCELoss`, Adapt Exp plus unweighted cross-entropy (not in the paper).
     - ``"exp"``: :class:`ExpLoss`, the paper's unweighted "EXP" baseline.
     - ``"bce"``: 2-class softmax cross-entropy (MONAI ``DiceCELoss`` with ``lambda_dice=0``). This is exactly binary
       cross-entropy on the logit difference :math:`z_1 - z_0`, since

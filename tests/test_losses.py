@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bundle.losses import LOSS_NAMES, AdaptExpLoss, AdaptLogLoss, ExpLoss, make_loss
+from bundle.losses import LOSS_NAMES, AdaptExpCELoss, AdaptExpLoss, AdaptLogLoss, ExpLoss, make_loss
 
 EPS = 1e-6
 
@@ -102,6 +102,31 @@ def test_adapt_log_keeps_the_gradient_that_adapt_exp_loses_on_confident_mistakes
         loss_cls()(logits, target).backward()
         # through the softmax a confidently wrong pixel gets e^-20-sized gradients from the exp terms
         assert (logits.grad.abs().max().item() > 1e-4) is pushes
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("lambda_ce", [1.0, 0.25])
+def test_adapt_exp_ce_matches_numpy_reference(lambda_ce, seed):
+    rng, target = mixed_batch(seed)
+    logits = make_logits(rng, 2, target)
+    z = logits.numpy().astype(np.float64)
+    y = target.astype(np.float64)[:, 0]
+    log_p = z - np.logaddexp(z[:, 0], z[:, 1])[:, None]  # log-softmax in float64
+    cross_entropy = -(y * log_p[:, 1] + (1 - y) * log_p[:, 0]).mean()
+    expected = reference_loss(z, target, True, True, "mean") + lambda_ce * cross_entropy
+    loss = AdaptExpCELoss(lambda_ce=lambda_ce)(logits, torch.from_numpy(target))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_adapt_exp_ce_keeps_a_gradient_on_confident_mistakes_and_checks_its_target():
+    target = two_class_target()
+    logits = saturated_logits(target, correct=False).requires_grad_()
+    AdaptExpCELoss()(logits, target).backward()
+    assert logits.grad.abs().max().item() > 1e-4
+    with pytest.raises(ValueError, match="only 0"):
+        AdaptExpCELoss()(torch.zeros(1, 2, 4, 4), torch.full((1, 1, 4, 4), 255.0))
+    with pytest.raises(ValueError, match="lambda_ce"):
+        AdaptExpCELoss(lambda_ce=-1.0)
 
 
 def test_adaptive_weights_differ_from_exp():
@@ -256,6 +281,7 @@ def test_make_loss_builds_the_named_classes_and_passes_kwargs():
     assert type(make_loss("adaptexp")) is AdaptExpLoss
     assert type(make_loss("exp")) is ExpLoss
     assert type(make_loss("adaptlog")) is AdaptLogLoss
+    assert type(make_loss("adaptexpce")) is AdaptExpCELoss
     assert make_loss("adaptexp", eps=1e-3).eps == 1e-3
     sigmoid_exp = make_loss("exp", softmax=False, sigmoid=True)
     assert sigmoid_exp(torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)).item() == pytest.approx(math.exp(-0.5))
@@ -278,5 +304,5 @@ def test_make_loss_dicece_is_dice_plus_cross_entropy():
 
 
 def test_make_loss_unknown_name_lists_choices():
-    with pytest.raises(ValueError, match="adaptexp, adaptlog, exp, bce, dice, dicece, focal"):
+    with pytest.raises(ValueError, match="adaptexp, adaptlog, adaptexpce, exp, bce, dice, dicece, focal"):
         make_loss("tversky")
