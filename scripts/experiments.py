@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as `python scripts/experiments.py`: make `bundle` importable
     sys.path.insert(0, str(REPO))
 
-from bundle.data import load_datalist  # noqa: E402
+from bundle.data import load_datalist, loader_workers  # noqa: E402
 from bundle.files import write_text_atomically  # noqa: E402
 from bundle.losses import LOSS_NAMES  # noqa: E402
 from bundle.networks.factory import NETWORK_NAMES  # noqa: E402
@@ -484,6 +484,10 @@ def _dataset(dataset_dir: str, datalist: str, keys: Sequence[str]) -> tuple[str,
     return str(root), path
 
 
+def _workers(num_workers: int | None) -> int:
+    return loader_workers() if num_workers is None else int(num_workers)
+
+
 def _check_training_options(max_epochs: int, image_size: int, batch_size: int, noise_std: float) -> None:
     if int(max_epochs) < 1 or int(batch_size) < 1:
         raise ValueError(f"max_epochs and batch_size must be at least 1, got {max_epochs} and {batch_size}.")
@@ -534,7 +538,7 @@ def ablation(
     max_epochs: int = 50,
     image_size: int = 256,
     batch_size: int = 8,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     seed: int = 123,
     noise_std: float = 0.0,
     extra: str | Sequence[str] = "",
@@ -556,7 +560,7 @@ def ablation(
         max_epochs: training epochs of each run (the best epoch by validation mDice is evaluated).
         image_size: the working resolution, a multiple of 32.
         batch_size: training batch size.
-        num_workers: data-loading processes.
+        num_workers: data-loading processes (default: the bundle's own, ``bundle.data.loader_workers()``).
         seed: the bundle's random seed.
         noise_std: when > 0, each run is also evaluated with Gaussian noise of this σ (Table 10), as extra columns.
         extra: further bundle overrides for training and evaluation, e.g. ``"--learning_rate 0.001"``.
@@ -572,7 +576,7 @@ def ablation(
     root, datalist_path = _dataset(dataset_dir, datalist, ("training", "validation", "test"))
     common = dict(
         dataset_dir=root, datalist=datalist_path, eval_key="test", max_epochs=int(max_epochs),
-        image_size=int(image_size), batch_size=int(batch_size), seed=int(seed), num_workers=int(num_workers),
+        image_size=int(image_size), batch_size=int(batch_size), seed=int(seed), num_workers=_workers(num_workers),
         extra=_extra_args(extra),
     )
     specs = [
@@ -626,7 +630,7 @@ def folds(
     max_epochs: int = 50,
     image_size: int = 256,
     batch_size: int = 8,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     seed: int = 123,
     noise_std: float = 0.0,
     extra: str | Sequence[str] = "",
@@ -655,7 +659,7 @@ def folds(
     files = fold_datalists(datalists)
     common = dict(
         backbone=backbone_name, loss=loss_name, eval_key=str(eval_key), max_epochs=int(max_epochs),
-        image_size=int(image_size), batch_size=int(batch_size), seed=int(seed), num_workers=int(num_workers),
+        image_size=int(image_size), batch_size=int(batch_size), seed=int(seed), num_workers=_workers(num_workers),
         extra=_extra_args(extra),
     )
     splits = tuple(dict.fromkeys(("training", "validation", str(eval_key))))
@@ -773,7 +777,7 @@ def compare(
     max_epochs: int = 3,
     image_size: int = 128,
     batch_size: int = 8,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     resolution: str = "original",
     report: str = "results",
     extra: str | Sequence[str] = "",
@@ -812,7 +816,7 @@ def compare(
     root, datalist_path = _dataset(dataset_dir, datalist, ("training", "validation", "test"))
     common = dict(
         backbone=backbone_name, dataset_dir=root, datalist=datalist_path, eval_key="test", max_epochs=int(max_epochs),
-        image_size=int(image_size), batch_size=int(batch_size), num_workers=int(num_workers), extra=_extra_args(extra),
+        image_size=int(image_size), batch_size=int(batch_size), num_workers=_workers(num_workers), extra=_extra_args(extra),
     )
     specs = []
     for seed in seed_list:  # seed-major, so that a partial run already covers every configuration once
