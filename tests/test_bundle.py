@@ -296,3 +296,19 @@ def test_rfe_switch_reaches_the_network(typed, has_rfe):
         parser.read_config([str(REPO / "configs" / name) for name in files])
         parser.update({"rfe": typed, "backbone": "resnet34"})
         assert (len(parser.get_parsed_content("network_def").rfe) == 4) is has_rfe, files
+
+
+@pytest.mark.parametrize(
+    "config, alias",
+    [("train.json", "training"), ("inference.json", "inference"), ("evaluate.json", "evaluating"),
+     ("multi_gpu_inference.json", "inference")],
+)
+def test_run_aliases_refer_to_run_so_a_whole_config_parse_runs_it_once(config, alias):
+    """MONAI Label parses the whole config (``run_id`` ""); an alias holding a ``%run`` copy would run twice."""
+    from monai.bundle import ConfigParser
+
+    assert json.loads((REPO / "configs" / config).read_text())[alias] == "@run"
+    calls: list[int] = []
+    parser = ConfigParser({"run": ["$calls.append(1)"], alias: "@run"}, globals={"calls": calls})
+    parser.get_parsed_content("")
+    assert calls == [1]
