@@ -32,7 +32,7 @@ from bundle.data import has_extension, load_datalist, split_items
 from bundle.errors import BadInputError, DataError
 from bundle.images import EXIF_ORIENTATION, displayed_size, lesion_binary, read_photo
 
-__all__ = ["MAX_IN_BETWEEN_SHARE", "check_pair", "checked_pairs", "training_splits"]
+__all__ = ["MAX_IN_BETWEEN_SHARE", "check_pair", "checked_pairs", "require_validation", "training_splits"]
 
 logger = logging.getLogger(__name__)
 
@@ -221,3 +221,20 @@ def training_splits(
         ", ".join(Path(item["image"]).name for item in parts["validation"]),
     )
     return parts
+
+
+def require_validation(dataset: Sequence[Any]) -> None:
+    """Refuse to train when the validation set is empty: nothing would choose ``models/model.pt``.
+
+    :func:`training_splits` never leaves it empty; a caller that replaces ``validate#dataset#data`` itself can. MONAI
+    Label does: its default ``val_split`` of 0.2 leaves no validation image when fewer than three are labelled.
+
+    Raises:
+        DataError: ``dataset`` holds no items.
+    """
+    if len(dataset) == 0:
+        raise DataError(
+            "no validation pairs: nothing would choose models/model.pt. In MONAI Label, label at least 3 images "
+            "(its default val_split 0.2 leaves none for fewer) or raise val_split in the training request."
+        )
+

@@ -235,3 +235,12 @@ def test_evaluation_reports_what_it_scored_and_never_leaves_a_stale_report(tmp_p
     assert proc.returncode == 2
     assert _one_error_line(proc) == f"ERROR the empty split of {datalist} holds no image/mask pairs."
     assert not (root / "eval" / "metrics.json").exists() and not list(stale.parent.iterdir())
+
+
+def test_a_validation_set_emptied_by_the_caller_is_refused_in_one_line(tmp_path):
+    """MONAI Label replaces validate#dataset#data itself; with too few labels its split leaves it empty."""
+    proc = run_bundle(*TRAIN, "--dataset_dir", str(REPO / "sample_data"), "--bundle_root", str(tmp_path),
+                      "--validate#dataset#data", "[]")  # fmt: skip
+    assert proc.returncode == 2
+    assert _one_error_line(proc).startswith("ERROR no validation pairs: nothing would choose models/model.pt")
+    assert not (tmp_path / "models").exists()
