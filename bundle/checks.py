@@ -237,4 +237,3 @@ def require_validation(dataset: Sequence[Any]) -> None:
             "no validation pairs: nothing would choose models/model.pt. In MONAI Label, label at least 3 images "
             "(its default val_split 0.2 leaves none for fewer) or raise val_split in the training request."
         )
-

@@ -69,9 +69,7 @@ def _confusion(pred_mask: torch.Tensor, target_mask: torch.Tensor) -> tuple[int,
     return int(tp), int(fp), int(fn), int(tn)
 
 
-def binary_confusion(
-    pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor
-) -> tuple[int, int, int, int]:
+def binary_confusion(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> tuple[int, int, int, int]:
     """
     Count the pixels of one binary mask pair (lesion = 1) as (tp, fp, fn, tn).
 
@@ -204,4 +202,3 @@ class SegmentationScores:
         writer.writerows(self.per_image)
         writer.writerow(mean_row)
         return write_text_atomically(path, buffer.getvalue())
-

@@ -64,10 +64,27 @@ RESOLUTIONS = ("working", "original")
 # Config keys the recipes set themselves; --extra may not override them.
 RECIPE_KEYS = frozenset(
     {
-        "bundle_root", "dataset_dir", "datalist", "network_name", "rfe", "backbone", "loss", "max_epochs",
-        "image_size", "batch_size",
-        "num_workers", "seed", "resume", "eval_dir", "eval_key", "noise_std", "ckpt_path", "save_overlays",
-        "config_file", "meta_file", "logging_file",
+        "bundle_root",
+        "dataset_dir",
+        "datalist",
+        "network_name",
+        "rfe",
+        "backbone",
+        "loss",
+        "max_epochs",
+        "image_size",
+        "batch_size",
+        "num_workers",
+        "seed",
+        "resume",
+        "eval_dir",
+        "eval_key",
+        "noise_std",
+        "ckpt_path",
+        "save_overlays",
+        "config_file",
+        "meta_file",
+        "logging_file",
     }
 )
 _LOG_TAIL_CHARS = 200
@@ -114,9 +131,24 @@ class RunSpec:
     def overrides(self, run_dir: Path) -> list[str]:
         """``python -m monai.bundle`` arguments shared by the training and the evaluation of this run."""
         args = [
-            "--bundle_root", str(run_dir), "--dataset_dir", self.dataset_dir, "--backbone", self.backbone,
-            "--loss", self.loss, "--max_epochs", str(self.max_epochs), "--image_size", str(self.image_size),
-            "--batch_size", str(self.batch_size), "--seed", str(self.seed), "--num_workers", str(self.num_workers),
+            "--bundle_root",
+            str(run_dir),
+            "--dataset_dir",
+            self.dataset_dir,
+            "--backbone",
+            self.backbone,
+            "--loss",
+            self.loss,
+            "--max_epochs",
+            str(self.max_epochs),
+            "--image_size",
+            str(self.image_size),
+            "--batch_size",
+            str(self.batch_size),
+            "--seed",
+            str(self.seed),
+            "--num_workers",
+            str(self.num_workers),
         ]
         if self.datalist:
             args += ["--datalist", self.datalist]
@@ -255,8 +287,18 @@ def train_and_evaluate(
         log = run_dir / f"{stem}.log"
         say(f"evaluating on {spec.eval_key!r}{f' with noise σ={sigma:g}' if sigma else ''}, log {log}")
         args = [
-            "run", "--config_file", EVALUATE_CONFIGS, *spec.overrides(run_dir), "--eval_key", spec.eval_key,
-            "--eval_dir", str(run_dir / stem), "--noise_std", str(sigma), "--save_overlays", "False",
+            "run",
+            "--config_file",
+            EVALUATE_CONFIGS,
+            *spec.overrides(run_dir),
+            "--eval_key",
+            spec.eval_key,
+            "--eval_dir",
+            str(run_dir / stem),
+            "--noise_std",
+            str(sigma),
+            "--save_overlays",
+            "False",
         ]
         code, _ = _run_bundle(args, log)
         if code != 0:
@@ -411,8 +453,14 @@ class ExperimentReport:
 
 
 def _report(
-    out: Path, results: list[RunResult], title: str, note: str, columns: Sequence[Column], options: dict[str, Any],
-    digits: int = 2, mean_row: str | None = None,
+    out: Path,
+    results: list[RunResult],
+    title: str,
+    note: str,
+    columns: Sequence[Column],
+    options: dict[str, Any],
+    digits: int = 2,
+    mean_row: str | None = None,
 ) -> ExperimentReport:
     """Print the table to stdout, write ``results.md/.json/.csv`` in ``out``, list failures on stderr."""
     rows = [result_row(r, noisy=bool(options["noise_std"])) for r in results]
@@ -574,15 +622,25 @@ def ablation(
     network_labels = _names(networks, "network", NETWORKS)
     _check_training_options(max_epochs, image_size, batch_size, noise_std)
     root, datalist_path = _dataset(dataset_dir, datalist, ("training", "validation", "test"))
-    common = dict(
-        dataset_dir=root, datalist=datalist_path, eval_key="test", max_epochs=int(max_epochs),
-        image_size=int(image_size), batch_size=int(batch_size), seed=int(seed), num_workers=_workers(num_workers),
-        extra=_extra_args(extra),
-    )
+    common = {
+        "dataset_dir": root,
+        "datalist": datalist_path,
+        "eval_key": "test",
+        "max_epochs": int(max_epochs),
+        "image_size": int(image_size),
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "num_workers": _workers(num_workers),
+        "extra": _extra_args(extra),
+    }
     specs = [
         RunSpec(
-            name=f"{backbone}_{loss}" if label == "rfeunet" else f"{label}-{backbone}_{loss}", backbone=backbone,
-            loss=loss, network=NETWORKS[label][0], rfe=NETWORKS[label][1], **common,
+            name=f"{backbone}_{loss}" if label == "rfeunet" else f"{label}-{backbone}_{loss}",
+            backbone=backbone,
+            loss=loss,
+            network=NETWORKS[label][0],
+            rfe=NETWORKS[label][1],
+            **common,
         )
         for label in network_labels
         for backbone in backbone_names
@@ -609,12 +667,18 @@ def ablation(
         f"Loss ablation: RFE U-Net on {root} ({Path(datalist_path).name if datalist_path else 'default datalist'}, "
         f"test split), {_epochs(max_epochs)}, {image_size}×{image_size}, batch {batch_size}, seed {seed}"
     )
-    options = {**{k: v for k, v in common.items() if k != "extra"}, "extra": list(common["extra"]),
-               "losses": loss_names, "backbones": backbone_names, "networks": network_labels,
-               "noise_std": float(noise_std)}
+    options = {
+        **{k: v for k, v in common.items() if k != "extra"},
+        "extra": list(common["extra"]),
+        "losses": loss_names,
+        "backbones": backbone_names,
+        "networks": network_labels,
+        "noise_std": float(noise_std),
+    }
     note = (
         "mIoU to HD95 at the working resolution (image_size × image_size), then mIoU and mDice at each "
-        "photograph's own size" + (" and, with noise, at the working resolution" if noise_std > 0 else "")
+        "photograph's own size"
+        + (" and, with noise, at the working resolution" if noise_std > 0 else "")
         + "; overlap scores in %, HD95 in pixels."
     )
     return _report(out_dir, results, title, note, columns, options)
@@ -657,11 +721,17 @@ def folds(
     (backbone_name,) = _names(backbone, "backbone", BACKBONES)
     _check_training_options(max_epochs, image_size, batch_size, noise_std)
     files = fold_datalists(datalists)
-    common = dict(
-        backbone=backbone_name, loss=loss_name, eval_key=str(eval_key), max_epochs=int(max_epochs),
-        image_size=int(image_size), batch_size=int(batch_size), seed=int(seed), num_workers=_workers(num_workers),
-        extra=_extra_args(extra),
-    )
+    common = {
+        "backbone": backbone_name,
+        "loss": loss_name,
+        "eval_key": str(eval_key),
+        "max_epochs": int(max_epochs),
+        "image_size": int(image_size),
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "num_workers": _workers(num_workers),
+        "extra": _extra_args(extra),
+    }
     splits = tuple(dict.fromkeys(("training", "validation", str(eval_key))))
     specs = []
     for path in files:
@@ -684,9 +754,13 @@ def folds(
         f"({eval_key!r} split of each fold), {_epochs(max_epochs)}, {image_size}×{image_size}, batch {batch_size}, "
         f"seed {seed}"
     )
-    options = {**{k: v for k, v in common.items() if k != "extra"}, "extra": list(common["extra"]),
-               "dataset_dir": specs[0].dataset_dir, "datalists": [s.datalist for s in specs],
-               "noise_std": float(noise_std)}
+    options = {
+        **{k: v for k, v in common.items() if k != "extra"},
+        "extra": list(common["extra"]),
+        "dataset_dir": specs[0].dataset_dir,
+        "datalists": [s.datalist for s in specs],
+        "noise_std": float(noise_std),
+    }
     note = (
         "mIoU and mDice in % on each fold's held-out images, at the working resolution (image_size × image_size)"
         " and at each photograph's own size; Mean ± SD: over the folds, sample SD (n − 1)."
@@ -725,8 +799,13 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     nonzero = [d for d in diff if d != 0]
     p_value = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) >= 2 else 1.0
     return {
-        "n_images": len(diff), "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "wilcoxon_p": p_value,
-        "better": sum(d > 0 for d in diff), "worse": sum(d < 0 for d in diff),
+        "n_images": len(diff),
+        "mean": mean,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+        "wilcoxon_p": p_value,
+        "better": sum(d > 0 for d in diff),
+        "worse": sum(d < 0 for d in diff),
     }
 
 
@@ -738,8 +817,13 @@ def _group_rows(results: Sequence[RunResult], resolution: str) -> list[dict[str,
     rows = []
     for (label, loss), members in groups.items():
         done = [m for m in members if m.status != "failed"]
-        row: dict[str, Any] = {"network": label, "loss": loss, "backbone": members[0].spec.backbone,
-                               "seeds": [m.spec.seed for m in done], "n_failed": len(members) - len(done)}
+        row: dict[str, Any] = {
+            "network": label,
+            "loss": loss,
+            "backbone": members[0].spec.backbone,
+            "seeds": [m.spec.seed for m in done],
+            "n_failed": len(members) - len(done),
+        }
         for res in RESOLUTIONS:
             for key in METRIC_KEYS[1:]:
                 mean, sd = mean_and_sd(m.metrics["clean"][res].get(key) for m in done)
@@ -814,44 +898,79 @@ def compare(
     (resolution,) = _names(resolution, "resolution", RESOLUTIONS)
     _check_training_options(max_epochs, image_size, batch_size, 0.0)
     root, datalist_path = _dataset(dataset_dir, datalist, ("training", "validation", "test"))
-    common = dict(
-        backbone=backbone_name, dataset_dir=root, datalist=datalist_path, eval_key="test", max_epochs=int(max_epochs),
-        image_size=int(image_size), batch_size=int(batch_size), num_workers=_workers(num_workers), extra=_extra_args(extra),
-    )
+    common = {
+        "backbone": backbone_name,
+        "dataset_dir": root,
+        "datalist": datalist_path,
+        "eval_key": "test",
+        "max_epochs": int(max_epochs),
+        "image_size": int(image_size),
+        "batch_size": int(batch_size),
+        "num_workers": _workers(num_workers),
+        "extra": _extra_args(extra),
+    }
     specs = []
     for seed in seed_list:  # seed-major, so that a partial run already covers every configuration once
         for label in network_labels:
             for loss in loss_names:
                 encoder = "" if label == "basicunet" else f"-{backbone_name}"
-                specs.append(RunSpec(
-                    name=f"{label}{encoder}_{loss}_seed{seed}", loss=loss, seed=seed, network=NETWORKS[label][0],
-                    rfe=NETWORKS[label][1], **common,
-                ))
+                specs.append(
+                    RunSpec(
+                        name=f"{label}{encoder}_{loss}_seed{seed}",
+                        loss=loss,
+                        seed=seed,
+                        network=NETWORKS[label][0],
+                        rfe=NETWORKS[label][1],
+                        **common,
+                    )
+                )
     out_dir = Path(str(out)).expanduser().resolve()
     results = run_all(specs, out_dir, 0.0, bool(force))
     groups = _group_rows(results, resolution)
-    metric_columns = [("mIoU", "mIoU"), ("mDice", "mDice"), ("mIoU*", "IoU_star"), ("mDice*", "Dice_star"),
-                      ("TJ", "thresholded_jaccard")]
-    headers = ["Network", "Loss", "Seeds"] + [f"{h} ({resolution})" for h, _ in metric_columns] + [
-        f"HD95 px ({resolution})", "mIoU (working)" if resolution == "original" else "mIoU (original)",
-        "Training time"]
+    metric_columns = [
+        ("mIoU", "mIoU"),
+        ("mDice", "mDice"),
+        ("mIoU*", "IoU_star"),
+        ("mDice*", "Dice_star"),
+        ("TJ", "thresholded_jaccard"),
+    ]
+    headers = (
+        ["Network", "Loss", "Seeds"]
+        + [f"{h} ({resolution})" for h, _ in metric_columns]
+        + [
+            f"HD95 px ({resolution})",
+            "mIoU (working)" if resolution == "original" else "mIoU (original)",
+            "Training time",
+        ]
+    )
     other = "working" if resolution == "original" else "original"
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in groups:
-        cells = [row["network"], row["loss"], str(len(row["seeds"])) + (f" ({row['n_failed']} failed)" if row["n_failed"] else "")]
+        cells = [
+            row["network"],
+            row["loss"],
+            str(len(row["seeds"])) + (f" ({row['n_failed']} failed)" if row["n_failed"] else ""),
+        ]
         cells += [_mean_sd_cell(row, f"{resolution}_{key}") for _, key in metric_columns]
-        cells += [_mean_sd_cell(row, f"{resolution}_HD95", percent=False), _mean_sd_cell(row, f"{other}_mIoU"),
-                  format_duration(row["train_seconds"])]
+        cells += [
+            _mean_sd_cell(row, f"{resolution}_HD95", percent=False),
+            _mean_sd_cell(row, f"{other}_mIoU"),
+            format_duration(row["train_seconds"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     paired: list[dict[str, Any]] = []
     scored = [row for row in groups if row["runs"]]
     if len(scored) > 1:
         best = _seed_averaged(scored[0], resolution)
-        lines += ["", f"Paired per-image IoU differences ({resolution} size) against the best row, "
-                      f"{scored[0]['network']} + {scored[0]['loss']} (IoU averaged over seeds per image; "
-                      "negative = worse than the best):", "",
-                  "| Network | Loss | mean ΔIoU (pp) | 95% CI (pp) | Wilcoxon p | images better / worse |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Paired per-image IoU differences ({resolution} size) against the best row, "
+            f"{scored[0]['network']} + {scored[0]['loss']} (IoU averaged over seeds per image; "
+            "negative = worse than the best):",
+            "",
+            "| Network | Loss | mean ΔIoU (pp) | 95% CI (pp) | Wilcoxon p | images better / worse |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in scored[1:]:
             scores = _seed_averaged(row, resolution)
             names = sorted(set(best) & set(scores))
@@ -873,8 +992,14 @@ def compare(
     )
     markdown = f"# {title}\n\n" + "\n".join(lines) + f"\n\n{note}\n"
     print(markdown, end="", flush=True)
-    options = {**{k: v for k, v in common.items() if k != "extra"}, "extra": list(common["extra"]),
-               "networks": network_labels, "losses": loss_names, "seeds": seed_list, "resolution": resolution}
+    options = {
+        **{k: v for k, v in common.items() if k != "extra"},
+        "extra": list(common["extra"]),
+        "networks": network_labels,
+        "losses": loss_names,
+        "seeds": seed_list,
+        "resolution": resolution,
+    }
     summary_rows = [{k: v for k, v in row.items() if k != "runs"} for row in groups]
     run_rows = [result_row(r) for r in results]
     content = {"title": title, "options": options, "groups": summary_rows, "paired": paired, "runs": run_rows}
@@ -911,7 +1036,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: 0 when every run succeeded, 1 when one failed or an option is wrong (one ``error:`` line)."""
     command = _join_extra(list(sys.argv[1:] if argv is None else argv)) or ["--help"]
     try:
-        report = fire.Fire({"ablation": ablation, "folds": folds, "compare": compare}, command=command, serialize=lambda _: None)
+        report = fire.Fire(
+            {"ablation": ablation, "folds": folds, "compare": compare}, command=command, serialize=lambda _: None
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -14,7 +14,9 @@ SHARED = Path(os.environ.get("RFE_SHARED_DIR", REPO.parent / "shared"))
 ISIC_VAL = SHARED / "data" / "isic2017_val"
 
 
-def run_bundle(*args: str, cwd: Path = REPO, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_bundle(
+    *args: str, cwd: Path = REPO, timeout: int = 900, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle <args>`` in a real process from the bundle root."""
     return subprocess.run(
         [sys.executable, "-m", "monai.bundle", *args],

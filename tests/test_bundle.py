@@ -300,8 +300,12 @@ def test_rfe_switch_reaches_the_network(typed, has_rfe):
 
 @pytest.mark.parametrize(
     "config, alias",
-    [("train.json", "training"), ("inference.json", "inference"), ("evaluate.json", "evaluating"),
-     ("multi_gpu_inference.json", "inference")],
+    [
+        ("train.json", "training"),
+        ("inference.json", "inference"),
+        ("evaluate.json", "evaluating"),
+        ("multi_gpu_inference.json", "inference"),
+    ],
 )
 def test_run_aliases_refer_to_run_so_a_whole_config_parse_runs_it_once(config, alias):
     """MONAI Label parses the whole config (``run_id`` ""); an alias holding a ``%run`` copy would run twice."""

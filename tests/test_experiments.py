@@ -1,5 +1,5 @@
-"""scripts/experiments.py: the ablation, comparison and cross-validation recipes end to end on the embedded sample (real bundle
-processes), and their tables, reuse, failure reports and input checks."""
+"""scripts/experiments.py: the ablation, comparison and cross-validation recipes end to end on the embedded sample
+(real bundle processes), and their tables, reuse, failure reports and input checks."""
 
 from __future__ import annotations
 
@@ -41,7 +41,11 @@ def run_experiments(*args: str, cwd: Path = REPO, module: bool = False) -> subpr
     """``python scripts/experiments.py <args>`` (or ``python -m scripts.experiments``) in a real process."""
     entry = ["-m", "scripts.experiments"] if module else [str(REPO / "scripts" / "experiments.py")]
     return subprocess.run(
-        [sys.executable, *entry, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
+        [sys.executable, *entry, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -68,8 +72,17 @@ def ablation_run(tmp_path_factory):
     """The five-loss ablation on the sample, started from a foreign folder with a relative --out."""
     cwd = tmp_path_factory.mktemp("user_cwd")
     proc = run_experiments(
-        "ablation", "--dataset_dir", str(SAMPLE), "--out", "ablation", "--backbones", "resnet34",
-        "--losses", ",".join(DEFAULT_LOSSES), *FAST, cwd=cwd,
+        "ablation",
+        "--dataset_dir",
+        str(SAMPLE),
+        "--out",
+        "ablation",
+        "--backbones",
+        "resnet34",
+        "--losses",
+        ",".join(DEFAULT_LOSSES),
+        *FAST,
+        cwd=cwd,
     )
     out = cwd / "ablation"
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -91,9 +104,14 @@ def test_ablation_prints_one_table_with_a_row_per_loss(ablation_run):
         working, original = report["summary"]["working"], report["summary"]["original"]
         assert working["n_images"] == 4  # the sample's test split
         assert cells[2:10] == [
-            percent(working["mIoU"]), percent(working["mDice"]), percent(working["IoU_star"]),
-            percent(working["Dice_star"]), percent(working["thresholded_jaccard"]), f"{working['HD95']:.2f}",
-            percent(original["mIoU"]), percent(original["mDice"]),
+            percent(working["mIoU"]),
+            percent(working["mDice"]),
+            percent(working["IoU_star"]),
+            percent(working["Dice_star"]),
+            percent(working["thresholded_jaccard"]),
+            f"{working['HD95']:.2f}",
+            percent(original["mIoU"]),
+            percent(original["mDice"]),
         ]
         assert row["working_mDice"] == working["mDice"] and 0 <= row["working_mDice"] <= 1
         assert row["train_seconds"] > 0 and re.fullmatch(r"\d+:\d\d:\d\d", cells[-1])
@@ -110,8 +128,17 @@ def test_rerunning_the_ablation_reuses_every_run(ablation_run):
     proc, out, _ = ablation_run
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/*") if p.is_file()}
     again = run_experiments(
-        "ablation", "--dataset_dir", str(SAMPLE), "--out", str(out), "--backbones", "resnet34",
-        "--losses", ",".join(DEFAULT_LOSSES), *FAST, module=True,
+        "ablation",
+        "--dataset_dir",
+        str(SAMPLE),
+        "--out",
+        str(out),
+        "--backbones",
+        "resnet34",
+        "--losses",
+        ",".join(DEFAULT_LOSSES),
+        *FAST,
+        module=True,
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count(": reused") == len(DEFAULT_LOSSES)
@@ -126,8 +153,18 @@ def test_noise_adds_an_evaluation_without_retraining(ablation_run, tmp_path):
     _, out, _ = ablation_run
     shutil.copytree(out / "resnet34_adaptexp", tmp_path / "resnet34_adaptexp")
     proc = run_experiments(
-        "ablation", "--dataset_dir", str(SAMPLE), "--out", str(tmp_path), "--backbones", "resnet34",
-        "--losses", "adaptexp", "--noise_std", "0.5", *FAST,
+        "ablation",
+        "--dataset_dir",
+        str(SAMPLE),
+        "--out",
+        str(tmp_path),
+        "--backbones",
+        "resnet34",
+        "--losses",
+        "adaptexp",
+        "--noise_std",
+        "0.5",
+        *FAST,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reusing the finished training" in proc.stderr and "training (" not in proc.stderr
@@ -149,8 +186,16 @@ def test_a_failing_run_is_reported_and_the_others_go_on(ablation_run, tmp_path):
     shutil.copy(out / "resnet34_dice" / "run.json", broken / "run.json")  # training recorded as finished
     (broken / "models" / "model.pt").write_bytes(b"not a checkpoint")
     proc = run_experiments(
-        "ablation", "--dataset_dir", str(SAMPLE), "--out", str(tmp_path), "--backbones", "resnet34",
-        "--losses", "dice,bce", *FAST,
+        "ablation",
+        "--dataset_dir",
+        str(SAMPLE),
+        "--out",
+        str(tmp_path),
+        "--backbones",
+        "resnet34",
+        "--losses",
+        "dice,bce",
+        *FAST,
     )
     assert proc.returncode == 1
     failures = [line for line in proc.stderr.splitlines() if line.startswith("FAILED resnet34_dice")]
@@ -167,8 +212,21 @@ def test_a_run_made_with_other_options_is_refused(ablation_run, tmp_path):
     metrics = tmp_path / "resnet34_bce" / "eval" / "metrics.json"
     stamp = metrics.stat().st_mtime_ns
     proc = run_experiments(
-        "ablation", "--dataset_dir", str(SAMPLE), "--out", str(tmp_path), "--backbones", "resnet34",
-        "--losses", "bce", "--max_epochs", "2", "--image_size", "64", "--num_workers", "0",
+        "ablation",
+        "--dataset_dir",
+        str(SAMPLE),
+        "--out",
+        str(tmp_path),
+        "--backbones",
+        "resnet34",
+        "--losses",
+        "bce",
+        "--max_epochs",
+        "2",
+        "--image_size",
+        "64",
+        "--num_workers",
+        "0",
     )
     assert proc.returncode == 1
     assert "max_epochs 1 (now 2)" in proc.stderr and "--force" in proc.stderr
@@ -186,8 +244,18 @@ def test_folds_give_a_per_fold_table_with_mean_and_sample_sd(tmp_path):
         write_datalist(tmp_path / f"datalist_fold{i}.json", fold, SAMPLE)
     out = tmp_path / "folds"
     proc = run_experiments(
-        "folds", "--dataset_dir", str(SAMPLE), "--datalists", str(tmp_path / "datalist_fold*.json"),
-        "--out", str(out), "--backbone", "resnet34", "--eval_key", "validation", *FAST,
+        "folds",
+        "--dataset_dir",
+        str(SAMPLE),
+        "--datalists",
+        str(tmp_path / "datalist_fold*.json"),
+        "--out",
+        str(out),
+        "--backbone",
+        "resnet34",
+        "--eval_key",
+        "validation",
+        *FAST,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = table_rows(proc.stdout)
@@ -223,8 +291,12 @@ def test_results_table_marks_failed_runs_and_adds_the_mean_row():
         {"name": "b", "status": "trained", "iou": 0.90, "hd": 5.0, "seconds": 10},
         {"name": "c", "status": "failed", "iou": None, "hd": None, "seconds": None},
     ]
-    columns = [Column("Run", "name", "text"), Column("IoU", "iou"), Column("HD95", "hd", "pixels"),
-               Column("Time", "seconds", "duration")]
+    columns = [
+        Column("Run", "name", "text"),
+        Column("IoU", "iou"),
+        Column("HD95", "hd", "pixels"),
+        Column("Time", "seconds", "duration"),
+    ]
     lines = results_table(rows, columns, digits=1, mean_row="Mean ± SD").splitlines()
     assert lines[2] == "| a | 80.0 | 3.0 | 1:02:05 |"
     assert lines[4] == "| c | failed | failed | n/a |"
@@ -247,7 +319,9 @@ def test_extra_overrides_are_split_and_may_not_replace_recipe_options():
     with pytest.raises(ValueError, match="--loss"):
         _extra_args("--loss dice")
     assert _join_extra(["ablation", "--extra", "--learning_rate 0.01", "--force"]) == [
-        "ablation", "--extra=--learning_rate 0.01", "--force",
+        "ablation",
+        "--extra=--learning_rate 0.01",
+        "--force",
     ]
 
 
@@ -285,8 +359,20 @@ def compare_run(tmp_path_factory):
     """Two networks (one a stock MONAI peer) x one loss x two seeds on the sample."""
     out = tmp_path_factory.mktemp("compare")
     proc = run_experiments(
-        "compare", "--dataset_dir", str(SAMPLE), "--out", str(out), "--networks", "rfeunet,basicunet",
-        "--losses", "adaptlog", "--seeds", "0,1", "--report", "networks", *FAST,
+        "compare",
+        "--dataset_dir",
+        str(SAMPLE),
+        "--out",
+        str(out),
+        "--networks",
+        "rfeunet,basicunet",
+        "--losses",
+        "adaptlog",
+        "--seeds",
+        "0,1",
+        "--report",
+        "networks",
+        *FAST,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, out, json.loads((out / "networks.json").read_text())
@@ -301,8 +387,12 @@ def per_image_iou(run_dir: Path) -> dict[str, float]:
 def test_compare_reports_mean_and_sd_over_seeds_per_configuration(compare_run):
     proc, out, results = compare_run
     names = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert names == ["basicunet_adaptlog_seed0", "basicunet_adaptlog_seed1",
-                     "rfeunet-resnet34_adaptlog_seed0", "rfeunet-resnet34_adaptlog_seed1"]
+    assert names == [
+        "basicunet_adaptlog_seed0",
+        "basicunet_adaptlog_seed1",
+        "rfeunet-resnet34_adaptlog_seed0",
+        "rfeunet-resnet34_adaptlog_seed1",
+    ]
     # each run trained the network it names: the recorded options and the network's own log differ
     options = {n: json.loads((out / n / "run.json").read_text())["options"] for n in names}
     assert {o["network"] for o in options.values()} == {"rfeunet", "basicunet"}
@@ -313,8 +403,9 @@ def test_compare_reports_mean_and_sd_over_seeds_per_configuration(compare_run):
     assert set(groups) == {("rfeunet", "adaptlog"), ("basicunet", "adaptlog")}
     for (network, loss), group in groups.items():
         runs = [n for n in names if n.startswith(network + ("-" if network == "rfeunet" else "_"))]
-        values = [json.loads((out / n / "eval" / "metrics.json").read_text())["summary"]["original"]["mIoU"]
-                  for n in runs]
+        values = [
+            json.loads((out / n / "eval" / "metrics.json").read_text())["summary"]["original"]["mIoU"] for n in runs
+        ]
         assert group["original_mIoU"] == pytest.approx(statistics.mean(values))
         assert group["original_mIoU_sd"] == pytest.approx(statistics.stdev(values))
         row = next(r for r in rows if r[:2] == [network, loss])
@@ -349,8 +440,20 @@ def test_compare_pairs_per_image_differences_against_the_best_row(compare_run):
 def test_a_second_comparison_in_the_same_folder_reuses_the_shared_runs(compare_run):
     _, out, _ = compare_run
     proc = run_experiments(
-        "compare", "--dataset_dir", str(SAMPLE), "--out", str(out), "--networks", "rfeunet",
-        "--losses", "adaptlog", "--seeds", "0,1", "--report", "losses", *FAST,
+        "compare",
+        "--dataset_dir",
+        str(SAMPLE),
+        "--out",
+        str(out),
+        "--networks",
+        "rfeunet",
+        "--losses",
+        "adaptlog",
+        "--seeds",
+        "0,1",
+        "--report",
+        "losses",
+        *FAST,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count(": reused") == 2 and "training (" not in proc.stderr
@@ -361,7 +464,7 @@ def test_a_second_comparison_in_the_same_folder_reuses_the_shared_runs(compare_r
 def test_paired_difference_matches_a_hand_computation():
     a, b = [0.9, 0.8, 0.7, 0.6, 0.95], [0.85, 0.82, 0.6, 0.5, 0.95]
     result = paired_difference(a, b)
-    diffs = [x - y for x, y in zip(a, b)]
+    diffs = [x - y for x, y in zip(a, b, strict=False)]
     mean = statistics.mean(diffs)
     # t(0.975, 4) = 2.776445105...
     half = 2.7764451051977987 * statistics.stdev(diffs) / math.sqrt(5)
@@ -374,6 +477,9 @@ def test_paired_difference_matches_a_hand_computation():
 
 def test_compare_rejects_unknown_networks_and_bad_seeds(capsys):
     assert main(["compare", "--dataset_dir", str(SAMPLE), "--networks", "unetr"]) == 1
-    assert "unknown network 'unetr'; choose from rfeunet, rfeunet-norfe, flexibleunet, basicunet" in capsys.readouterr().err
+    assert (
+        "unknown network 'unetr'; choose from rfeunet, rfeunet-norfe, flexibleunet, basicunet"
+        in capsys.readouterr().err
+    )
     assert main(["compare", "--dataset_dir", str(SAMPLE), "--seeds", "a,b"]) == 1
     assert "seeds must be integers" in capsys.readouterr().err

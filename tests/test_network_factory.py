@@ -25,7 +25,9 @@ def test_the_names_build_the_classes_they_say():
     assert type(make_network("flexibleunet", "resnet34")) is FlexibleUNet
     assert type(make_network("basicunet")) is BasicUNet
     # the peer's encoder is the named ResNet: ResNet-101 has far more parameters than ResNet-34
-    small, large = (sum(p.numel() for p in make_network("flexibleunet", b).parameters()) for b in ("resnet34", "resnet101"))
+    small, large = (
+        sum(p.numel() for p in make_network("flexibleunet", b).parameters()) for b in ("resnet34", "resnet101")
+    )
     assert large > 1.5 * small
 
 

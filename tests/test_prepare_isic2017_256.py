@@ -26,7 +26,9 @@ def make_tree(root: Path, counts: dict[str, int]) -> None:
         for _ in range(count):
             stem = f"ISIC_{next_id:07d}"
             next_id += 1
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / "images" / f"{stem}.jpg")
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                root / split / "images" / f"{stem}.jpg"
+            )
             mask = np.zeros((32, 32), np.uint8)
             mask[8:20, 4:28] = 255
             Image.fromarray(mask).save(root / split / "masks" / f"{stem}_segmentation.png")
@@ -44,8 +46,10 @@ def test_official_validation_is_the_test_set_and_eight_percent_of_training_valid
     assert not names["training"] & names["validation"]
     # the same seed gives the same split; another seed another one
     again = prepare_data(str(tmp_path / "isic2017_256"), out=str(tmp_path / "again"))
-    assert json.loads(Path(again["datalist"]).read_text())["validation"] == json.loads(
-        Path(summary["datalist"]).read_text())["validation"]
+    assert (
+        json.loads(Path(again["datalist"]).read_text())["validation"]
+        == json.loads(Path(summary["datalist"]).read_text())["validation"]
+    )
     other = prepare_data(str(tmp_path / "isic2017_256"), out=str(tmp_path / "other"), seed=1)
     assert {Path(i["image"]).name for i in load_datalist(tmp_path / "other", key="validation")} != names["validation"]
     assert other["counts"]["validation"] == 4

@@ -124,8 +124,8 @@ class BundleModel:
         import numpy as np
 
         from bundle.data import file_stem, list_images
-        from bundle.inference import describe_error
         from bundle.images import read_photo
+        from bundle.inference import describe_error
 
         items = list_images(input_path)
         if not items:
