@@ -15,6 +15,7 @@ import re
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -32,6 +33,20 @@ RED_NETWORK = ("--network_def#_target_", "tests.nets.RedIsLesion", "--ckpt_path"
 MEMORY_LIMIT = 1.5 * 2**30
 SUMMARY = re.compile(r"^segmented (\d+) of (\d+) images; (\d+) failed$", re.MULTILINE)
 EXIF_ORIENTATION = 0x0112
+# Runs ``-m module args...`` as ``python -m`` would, and writes the process's own high-water resident memory (bytes)
+# to the file named first when the interpreter exits.
+REPORT_PEAK_AT_EXIT = """
+import atexit, runpy, sys
+peak_file = sys.argv.pop(1)
+def report():
+    with open("/proc/self/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    with open(peak_file, "w") as out:
+        out.write(str(kib * 1024))
+atexit.register(report)
+module = sys.argv.pop(1)
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
 
 
 @dataclass
@@ -43,12 +58,16 @@ class Finished:
 
 
 def run_measured(args: list[str], cwd: Path = REPO, timeout: float = 600) -> Finished:
-    """Run a real process to its end and return its output and its own peak resident memory (``wait4``).
+    """Run ``python -m <module> ...`` to its end and return its output and its own peak resident memory.
 
+    The peak is the child's ``VmHWM`` (Linux), written by itself at exit: ``ru_maxrss`` from ``wait4`` survives
+    ``exec`` and so reports the forked copy of this pytest process, which grows over a full suite.
     A process still running after ``timeout`` seconds is killed and the test fails: a hang is a defect.
     """
+    assert args[:2] == [sys.executable, "-m"], args
+    peak_file = Path(tempfile.mkstemp(prefix="peak_", suffix=".txt")[1])
     proc = subprocess.Popen(
-        args,
+        [sys.executable, "-c", REPORT_PEAK_AT_EXIT, str(peak_file), *args[2:]],
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -66,7 +85,7 @@ def run_measured(args: list[str], cwd: Path = REPO, timeout: float = 600) -> Fin
     timer = threading.Timer(timeout, lambda: (hung.set(), proc.kill()))
     timer.start()
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _ = os.wait4(proc.pid, 0)
     finally:
         timer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -74,7 +93,10 @@ def run_measured(args: list[str], cwd: Path = REPO, timeout: float = 600) -> Fin
         reader.join()
     assert not hung.is_set(), f"still running after {timeout} s: {args}"
     stdout, stderr = (output[k].decode(errors="replace") for k in ("stdout", "stderr"))
-    return Finished(proc.returncode, stdout, stderr, usage.ru_maxrss * 1024)
+    peak = peak_file.read_text().strip()
+    peak_file.unlink()
+    assert peak, f"the child wrote no peak memory (status {proc.returncode}): {stderr[-2000:]}"
+    return Finished(proc.returncode, stdout, stderr, int(peak))
 
 
 def bundle_inference(folder: Path, output_dir: Path, *extra: str, timeout: float = 600) -> Finished:
