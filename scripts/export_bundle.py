@@ -4,6 +4,10 @@
     python scripts/export_bundle.py --torchscript true      # adds models/model.ts
     python scripts/export_bundle.py --checkpoint other.pt   # ship another checkpoint as models/model.pt
 
+Without ``--checkpoint`` it ships the bundle's ``models/model.pt``, or, when none was trained, the demo checkpoint
+that ``configs/inference.json`` falls back to (``demo_ckpt_path``), so that a fresh clone exports a zip that MONAI
+Label serves with working weights.
+
 The zip holds one folder, ``<name>/``: ``configs/``, ``models/model.pt``, ``docs/``, ``LICENSE``, ``README.md``, the
 ``bundle/`` code the configs import, and ``sample_data/`` so the receiver's default training command runs. ``<name>``
 is ``bundle_name`` and the version is ``version`` of ``configs/metadata.json``, whose ``changelog`` must describe
@@ -112,6 +116,23 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def shipped_weights(root: Path, checkpoint: str | os.PathLike | None = None) -> Path:
+    """The checkpoint an export ships: ``checkpoint``, else ``models/model.pt``, else the demo checkpoint that
+    ``configs/inference.json`` names in ``demo_ckpt_path`` when it exists (else ``models/model.pt``, missing)."""
+    if checkpoint:
+        return Path(checkpoint)
+    trained = root / "models" / "model.pt"
+    if trained.is_file():
+        return trained
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser["bundle_root"] = str(root)
+    demo = Path(parser.get_parsed_content("demo_ckpt_path"))
+    return demo if demo.is_file() else trained
+
+
 def export_bundle(
     bundle_root: str | os.PathLike = ".",
     output_dir: str | os.PathLike = "dist",
@@ -124,7 +145,7 @@ def export_bundle(
     Args:
         bundle_root: the bundle to export (this repository by default).
         output_dir: where the zip goes.
-        checkpoint: the weights to ship as ``models/model.pt`` (default: the bundle's own ``models/model.pt``).
+        checkpoint: the weights to ship as ``models/model.pt`` (default: :func:`shipped_weights`).
         torchscript: also ship ``models/model.ts`` (MONAI's ``ckpt_export``).
         allow_random_weights: export without trained weights (the receiver's inference warns it has none).
 
@@ -134,7 +155,7 @@ def export_bundle(
     """
     root = Path(bundle_root).resolve()
     name, version = bundle_identity(root / "configs" / "metadata.json")
-    weights = Path(checkpoint) if checkpoint else root / "models" / "model.pt"
+    weights = shipped_weights(root, checkpoint)
     settings = None
     if weights.is_file():
         settings = network_settings(weights)
@@ -185,6 +206,10 @@ def main(
     except BundleError as err:
         print(f"ERROR {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
+    root = Path(bundle_root).resolve()
+    weights = shipped_weights(root, checkpoint)
+    if not checkpoint and weights.is_file() and weights != root / "models" / "model.pt":
+        print(f"no models/model.pt was trained: shipped the demo checkpoint {weights} as models/model.pt")
     print(f"wrote {path} (sha256 {path.with_name(path.name + '.sha256').read_text().split()[0]})")
 
 

@@ -3,8 +3,12 @@ checkpoint segmenting real ISIC 2017 photographs out of the box, from a copy of 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +118,22 @@ def test_the_demo_mixin_selects_the_demo_over_a_trained_model(demo, isic_val, tm
         assert proc.returncode == 0, proc.stderr[-3000:]
         loaded = [line for line in (proc.stdout + proc.stderr).splitlines() if "Loaded weights from" in line]
         assert loaded and loaded[-1].rstrip().endswith(expected), loaded
+
+
+@pytest.mark.slow
+def test_a_fresh_copy_exports_the_demo_for_monai_label(demo, tmp_path):
+    """No models/model.pt: the zip ships the demo as models/model.pt, with its network in the zip's configs."""
+    root = copy_bundle(tmp_path / "bundle")
+    shutil.copytree(demo.parent, root / "models" / "demo")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "export_bundle.py"), "--bundle_root", str(root), "--output_dir",
+         str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"shipped the demo checkpoint {root / 'models' / 'demo' / demo.name} as models/model.pt" in proc.stdout
+    with zipfile.ZipFile(next((tmp_path / "dist").glob("*.zip"))) as archive:
+        shipped = archive.read("rfe_unet_skin_lesion/models/model.pt")
+        train = json.loads(archive.read("rfe_unet_skin_lesion/configs/train.json"))
+    assert hashlib.sha256(shipped).hexdigest() == hashlib.sha256(demo.read_bytes()).hexdigest()
+    assert (train["backbone"], train["image_size"]) == ("resnet34", 128)
