@@ -536,6 +536,22 @@ def _workers(num_workers: int | None) -> int:
     return loader_workers() if num_workers is None else int(num_workers)
 
 
+def _recipe(
+    root: str, datalist_path: str, max_epochs: int, image_size: int, batch_size: int, num_workers: Any, extra: Any
+) -> dict[str, Any]:
+    """The run settings every recipe of one command shares: data, test split, schedule, size, loader, extra options."""
+    return {
+        "dataset_dir": root,
+        "datalist": datalist_path,
+        "eval_key": "test",
+        "max_epochs": int(max_epochs),
+        "image_size": int(image_size),
+        "batch_size": int(batch_size),
+        "num_workers": _workers(num_workers),
+        "extra": _extra_args(extra),
+    }
+
+
 def _check_training_options(max_epochs: int, image_size: int, batch_size: int, noise_std: float) -> None:
     if int(max_epochs) < 1 or int(batch_size) < 1:
         raise ValueError(f"max_epochs and batch_size must be at least 1, got {max_epochs} and {batch_size}.")
@@ -623,15 +639,8 @@ def ablation(
     _check_training_options(max_epochs, image_size, batch_size, noise_std)
     root, datalist_path = _dataset(dataset_dir, datalist, ("training", "validation", "test"))
     common = {
-        "dataset_dir": root,
-        "datalist": datalist_path,
-        "eval_key": "test",
-        "max_epochs": int(max_epochs),
-        "image_size": int(image_size),
-        "batch_size": int(batch_size),
+        **_recipe(root, datalist_path, max_epochs, image_size, batch_size, num_workers, extra),
         "seed": int(seed),
-        "num_workers": _workers(num_workers),
-        "extra": _extra_args(extra),
     }
     specs = [
         RunSpec(
@@ -900,14 +909,7 @@ def compare(
     root, datalist_path = _dataset(dataset_dir, datalist, ("training", "validation", "test"))
     common = {
         "backbone": backbone_name,
-        "dataset_dir": root,
-        "datalist": datalist_path,
-        "eval_key": "test",
-        "max_epochs": int(max_epochs),
-        "image_size": int(image_size),
-        "batch_size": int(batch_size),
-        "num_workers": _workers(num_workers),
-        "extra": _extra_args(extra),
+        **_recipe(root, datalist_path, max_epochs, image_size, batch_size, num_workers, extra),
     }
     specs = []
     for seed in seed_list:  # seed-major, so that a partial run already covers every configuration once
