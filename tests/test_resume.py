@@ -37,12 +37,14 @@ def train(root: Path, *extra: str, kill_when: Callable[[str, list[str]], bool] |
     """Run the training command in ``root``; SIGKILL it as soon as ``kill_when(output_so_far, models_files)``.
 
     Returns (exit status, output). The models folder is polled every millisecond, so a kill lands inside a
-    checkpoint write that takes a tenth of a second.
+    checkpoint write that takes a tenth of a second. One thread: with two, CPU kernels' parallel sums are not
+    reproducible bit for bit (two uninterrupted 2-thread runs of this training end with different weights), and the
+    test compares the weights exactly.
     """
     proc = subprocess.Popen(
         [sys.executable, *TRAINING, "--bundle_root", str(root), *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
