@@ -201,13 +201,13 @@ def main(
     allow_random_weights: bool | str = False,
 ) -> None:
     """Export the bundle as dist/<name>_v<version>.zip (see the module docstring)."""
+    root = Path(bundle_root).resolve()
+    weights = shipped_weights(root, checkpoint)  # chosen once here, so the notice names what was shipped
     try:
-        path = export_bundle(bundle_root, output_dir, checkpoint, torchscript, allow_random_weights)
+        path = export_bundle(root, output_dir, weights, torchscript, allow_random_weights)
     except BundleError as err:
         print(f"ERROR {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
-    root = Path(bundle_root).resolve()
-    weights = shipped_weights(root, checkpoint)
     if not checkpoint and weights.is_file() and weights != root / "models" / "model.pt":
         print(f"no models/model.pt was trained: shipped the demo checkpoint {weights} as models/model.pt")
     print(f"wrote {path} (sha256 {path.with_name(path.name + '.sha256').read_text().split()[0]})")
