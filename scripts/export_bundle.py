@@ -127,7 +127,10 @@ def shipped_weights(root: Path, checkpoint: str | os.PathLike | None = None) -> 
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "inference.json"))
+    try:
+        parser.read_config(str(root / "configs" / "inference.json"))
+    except (OSError, ValueError):  # no bundle here: export_bundle names what is missing
+        return trained
     parser["bundle_root"] = str(root)
     demo = Path(parser.get_parsed_content("demo_ckpt_path"))
     return demo if demo.is_file() else trained
@@ -202,8 +205,8 @@ def main(
 ) -> None:
     """Export the bundle as dist/<name>_v<version>.zip (see the module docstring)."""
     root = Path(bundle_root).resolve()
-    weights = shipped_weights(root, checkpoint)  # chosen once here, so the notice names what was shipped
     try:
+        weights = shipped_weights(root, checkpoint)  # chosen once here, so the notice names what was shipped
         path = export_bundle(root, output_dir, weights, torchscript, allow_random_weights)
     except BundleError as err:
         print(f"ERROR {err}", file=sys.stderr)
