@@ -131,6 +131,8 @@ def shipped_weights(root: Path, checkpoint: str | os.PathLike | None = None) -> 
         parser.read_config(str(root / "configs" / "inference.json"))
     except (OSError, ValueError):  # no bundle here: export_bundle names what is missing
         return trained
+    if "demo_ckpt_path" not in parser:  # a bundle from before the demo checkpoint: nothing to fall back on
+        return trained
     parser["bundle_root"] = str(root)
     demo = Path(parser.get_parsed_content("demo_ckpt_path"))
     return demo if demo.is_file() else trained

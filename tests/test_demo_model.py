@@ -137,3 +137,22 @@ def test_a_fresh_copy_exports_the_demo_for_monai_label(demo, tmp_path):
         train = json.loads(archive.read("rfe_unet_skin_lesion/configs/train.json"))
     assert hashlib.sha256(shipped).hexdigest() == hashlib.sha256(demo.read_bytes()).hexdigest()
     assert (train["backbone"], train["image_size"]) == ("resnet34", 128)
+
+
+@pytest.mark.slow
+def test_export_of_a_bundle_without_a_demo_entry_names_the_missing_weights(tmp_path):
+    """A bundle whose inference.json predates ``demo_ckpt_path`` has no demo to fall back on: one error line."""
+    root = copy_bundle(tmp_path / "bundle")
+    config = root / "configs" / "inference.json"
+    content = json.loads(config.read_text())
+    del content["demo_ckpt_path"]
+    config.write_text(json.dumps(content, indent=4))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "export_bundle.py"), "--bundle_root", str(root), "--output_dir",
+         str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"ERROR {root}/models/model.pt: no trained weights to export; train first, or pass --allow_random_weights true"
+    ]
