@@ -27,12 +27,21 @@ from bundle.checkpoint import read_checkpoint
 from bundle.errors import CheckpointError, TrainingError
 from bundle.files import atomic_write
 
-__all__ = ["LAST_CHECKPOINT_PREFIX", "RandomStates", "StopOnNonFiniteLoss", "TrainingCheckpoints", "save_checkpoint"]
+__all__ = [
+    "LAST_CHECKPOINT_PREFIX",
+    "MODEL_SELECTIONS",
+    "RandomStates",
+    "StopOnNonFiniteLoss",
+    "TrainingCheckpoints",
+    "save_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT_PREFIX = "last_checkpoint_epoch="
 BEST_MODEL_NAME = "model.pt"
+# what model.pt holds: the epoch with the best validation score, or the last epoch
+MODEL_SELECTIONS = ("best", "last")
 
 
 def _sync_folder(folder: Path) -> None:
@@ -159,7 +168,8 @@ class TrainingCheckpoints:
 
     At the end of every epoch (where ``save``: the main process):
 
-    1. if the validator's best score improved in this epoch, ``best_model.state_dict()`` goes to ``model.pt``;
+    1. if the validator's best score improved in this epoch (or every epoch, with ``selection="last"``),
+       ``best_model.state_dict()`` goes to ``model.pt``;
     2. every object of ``state`` goes to ``last_checkpoint_epoch=N.pt``;
     3. the other ``last_checkpoint_epoch=*.pt`` files are deleted.
 
@@ -176,6 +186,9 @@ class TrainingCheckpoints:
             validator, :class:`RandomStates`); the trainer's AMP grad scaler is added when it has one.
         best_model: what ``model.pt`` holds (``bundle.checkpoint.NetworkCheckpoint``); None writes no ``model.pt``.
         validator: the evaluator whose ``best_metric_epoch`` says when the score improved.
+        selection: ``"best"`` keeps the epoch with the best validation score in ``model.pt``, ``"last"`` the last
+            epoch (a schedule that decays to zero often ends on its best weights, and the validation split then
+            only watches the run).
         resume: continue from the newest complete last checkpoint.
         save: write files (False on the other processes of a multi-GPU run, which only resume).
         map_location: where a resumed checkpoint's tensors are loaded.
@@ -187,6 +200,7 @@ class TrainingCheckpoints:
         state: Mapping[str, Any],
         best_model: Any = None,
         validator: Any = None,
+        selection: str = "best",
         resume: bool = False,
         save: bool = True,
         map_location: Any = "cpu",
@@ -198,6 +212,9 @@ class TrainingCheckpoints:
             self.state.setdefault("scaler", scaler)
         self.best_model = best_model
         self.validator = validator
+        if selection not in MODEL_SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(MODEL_SELECTIONS)}, got {selection!r}.")
+        self.selection = selection
         self.resume = bool(resume)
         self.save = bool(save)
         self.map_location = map_location
@@ -256,9 +273,10 @@ class TrainingCheckpoints:
             return
         epoch = engine.state.epoch
         improved = getattr(getattr(self.validator, "state", None), "best_metric_epoch", None) == epoch
-        if self.best_model is not None and improved:
+        if self.best_model is not None and (improved or self.selection == "last"):
             path = save_checkpoint(self.best_model.state_dict(), self.save_dir / BEST_MODEL_NAME)
-            logger.info("Saved %s (best validation score, epoch %d)", path, epoch)
+            why = "best validation score" if improved else "last epoch"
+            logger.info("Saved %s (%s, epoch %d)", path, why, epoch)
         path = save_checkpoint(
             {name: _state_of(obj) for name, obj in self.state.items()},
             self.save_dir / f"{LAST_CHECKPOINT_PREFIX}{epoch}.pt",

@@ -4,7 +4,8 @@
 - :class:`LesionMask` / :class:`LesionMaskd`: any loaded mask (PNG, BMP, JPEG, Slicer labelmap) → binary (1, W, H);
 - :class:`ResizeToSource` / :class:`ResizeToSourced`: predictions back to the photograph's own size;
 - :class:`LesionLabel` / :class:`LesionLabeld`: 2-channel probabilities → 0/1 label and lesion probability;
-- :class:`SaveMask` / :class:`SaveMaskd`: masks written atomically in the formats people and 3D Slicer open.
+- :class:`SaveMask` / :class:`SaveMaskd`: masks written atomically in the formats people and 3D Slicer open;
+- :func:`chosen_augmentations`: the training augmentations a comma-separated option names.
 
 Index order: like MONAI's PIL and ITK readers, arrays here are (W, H) — the first spatial axis runs along the
 image width — whereas ``numpy.asarray(PIL.Image)`` is (H, W). Everything that leaves this module for a person
@@ -26,6 +27,7 @@ from PIL import Image
 
 from bundle.config import choice
 from bundle.data import file_stem
+from bundle.errors import ConfigError
 from bundle.files import atomic_write
 from bundle.images import lesion_binary, photo_from_array, read_photo_sized, reduce_photo
 
@@ -42,6 +44,7 @@ __all__ = [
     "ResizeToSourced",
     "SaveMask",
     "SaveMaskd",
+    "chosen_augmentations",
     "write_mask",
 ]
 
@@ -49,6 +52,25 @@ INTERPOLATION_MODES = ("nearest", "nearest-exact", "bilinear")
 RESIZE_BAND_VALUES = 1 << 22  # 16 MB of float32 per band of a resized prediction
 DECODE_MARGIN = 4  # photos are decoded down to no less than this many times the working size
 MASK_OUTPUT_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd")
+
+
+def chosen_augmentations(table: dict[str, list[Any]], names: str | list[str]) -> list[Any]:
+    """The transforms of the groups ``names`` (comma-separated, e.g. ``"flips,rotate"``) of ``table``, in table order.
+
+    ``"none"`` or an empty value chooses none. Table order, not the order typed, keeps a run reproducible whatever
+    order the groups were named in.
+
+    Raises:
+        ConfigError: a name that is not a group of ``table`` (naming the closest), or a group named twice.
+    """
+    words = [w.strip() for w in (names.split(",") if isinstance(names, str) else names) if str(w).strip()]
+    if words == ["none"]:
+        words = []
+    for word in words:
+        choice(word, table, "augment")
+    if len(set(words)) != len(words):
+        raise ConfigError(f"augment: {names!r} names a group twice")
+    return [transform for group, transforms in table.items() if group in words for transform in transforms]
 
 
 class LoadPhoto(Transform):
