@@ -32,6 +32,7 @@ __all__ = [
     "check_settings",
     "export_torchscript",
     "first_existing",
+    "init_from",
     "load_weights",
     "network_settings",
     "read_checkpoint",
@@ -240,6 +241,78 @@ def load_weights(
             f"{asked} ({first}); leave --backbone out or give the checkpoint trained with {asked}",
         ) from None
     logger.info("Loaded weights from %s", ckpt_path)
+    return True
+
+
+# Settings a fine-tuning may change: the weights do not depend on the working size, and a network that takes more
+# input channels (click guidance) than the checkpoint's starts with zero weights on the new ones.
+FINE_TUNING_MAY_CHANGE = frozenset({"image_size", "in_channels", "guidance", "click_radius"})
+
+
+def _widened(value: torch.Tensor, own: torch.Tensor) -> torch.Tensor | None:
+    """``value`` with zero input channels appended up to ``own``'s, when only dimension 1 (inputs) is smaller."""
+    if value.dim() < 3 or value.dim() != own.dim() or value.shape[1] >= own.shape[1]:
+        return None
+    if value.shape[0] != own.shape[0] or value.shape[2:] != own.shape[2:]:
+        return None
+    widened = torch.zeros(own.shape, dtype=own.dtype)
+    widened[:, : value.shape[1]] = value
+    return widened
+
+
+def init_from(
+    network: torch.nn.Module,
+    ckpt_path: str | os.PathLike | None,
+    map_location: Any = "cpu",
+    expected: Mapping[str, Any] | None = None,
+) -> bool:
+    """Start a training from the weights at ``ckpt_path`` (fine-tuning); nothing happens for an empty path.
+
+    Every tensor must fit, except that a layer taking more input channels than the checkpoint's (a click-guided
+    network started from an automatic one) gets the checkpoint's kernel for the first channels and zeros for the
+    new ones, so the network starts out giving exactly the checkpoint's predictions.
+
+    Args:
+        network: the network the training configuration built (or its DDP wrapper).
+        ckpt_path: the weights; any form :func:`unwrap_state_dict` accepts.
+        map_location: as for ``torch.load``.
+        expected: the settings ``network`` was built with; a recorded setting that differs (other than those in
+            :data:`FINE_TUNING_MAY_CHANGE`) is an error naming both values.
+
+    Returns:
+        True when weights were loaded, False for an empty ``ckpt_path``.
+
+    Raises:
+        MissingCheckpointError, CheckpointError: no such file, an unreadable one, or one without a state_dict.
+        CheckpointMismatchError: recorded settings differ from ``expected``, or the weights do not fit ``network``.
+    """
+    if not ckpt_path:
+        return False
+    checkpoint = read_checkpoint(ckpt_path, map_location="cpu")
+    state = unwrap_state_dict(checkpoint)
+    if state is None:
+        raise CheckpointError(ckpt_path, "holds no state_dict (a mapping of parameter names to tensors)")
+    recorded = _recorded_settings(checkpoint)
+    if expected and recorded:
+        check_settings(ckpt_path, recorded, {k: v for k, v in expected.items() if k not in FINE_TUNING_MAY_CHANGE})
+    target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+    own = target.state_dict()
+    widened = []
+    for key, value in list(state.items()):
+        grown = _widened(value, own[key]) if key in own else None
+        if grown is not None:
+            state[key] = grown
+            widened.append(key)
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointMismatchError(
+            ckpt_path, f"its weights do not fit the network to train ({first}); train the same network and backbone"
+        ) from None
+    if widened:
+        logger.info("%s: %s take more input channels here; the new ones start at zero.", ckpt_path, ", ".join(widened))
+    logger.info("Training starts from the weights of %s", ckpt_path)
     return True
 
 

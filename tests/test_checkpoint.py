@@ -157,3 +157,54 @@ def test_explicit_override_that_disagrees_is_an_error_naming_both(tmp_path, resn
         LesionSegmenter(bundle_root=root, overrides={"image_size": 100})
     agreeing = LesionSegmenter(bundle_root=root, overrides={"image_size": 128, "backbone": "resnet34"})
     assert agreeing.runner.has_weights
+
+
+def test_init_from_an_empty_path_does_nothing(resnet34):
+    from bundle.checkpoint import init_from
+
+    assert init_from(resnet34, "") is False
+
+
+def test_init_from_a_checkpoint_starts_from_its_weights(tmp_path):
+    from bundle.checkpoint import init_from
+
+    torch.manual_seed(0)
+    source = RFEUNet("resnet34").eval()
+    path = tmp_path / "model.pt"
+    torch.save(NetworkCheckpoint(source, SETTINGS).state_dict(), path)
+    target = RFEUNet("resnet34").eval()
+    assert init_from(target, path, expected={**SETTINGS, "image_size": 256}) is True  # the size may change
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
+
+
+def test_init_from_widens_the_input_layer_with_zero_weights_for_new_channels(tmp_path):
+    from bundle.checkpoint import init_from
+
+    torch.manual_seed(0)
+    source = RFEUNet("resnet34").eval()
+    path = tmp_path / "model.pt"
+    torch.save(NetworkCheckpoint(source, SETTINGS).state_dict(), path)
+    guided = RFEUNet("resnet34", in_channels=6).eval()
+    init_from(guided, path, expected={**SETTINGS, "in_channels": 6})
+    rgb = torch.randn(1, 3, 64, 64)
+    guidance = torch.rand(1, 3, 64, 64)  # whatever the new channels hold, they start with no effect
+    with torch.no_grad():
+        assert torch.equal(guided(torch.cat((rgb, guidance), 1)), source(rgb))
+    assert guided.encoder.conv1.weight[:, 3:].abs().sum() == 0
+
+
+def test_init_from_another_backbone_is_one_mismatch_line(tmp_path):
+    from bundle.checkpoint import init_from
+
+    path = tmp_path / "model.pt"
+    torch.save(NetworkCheckpoint(RFEUNet("resnet34"), SETTINGS).state_dict(), path)
+    with pytest.raises(CheckpointMismatchError, match="trained with backbone 'resnet34'") as caught:
+        init_from(RFEUNet("resnet50"), path, expected={**SETTINGS, "backbone": "resnet50"})
+    assert "\n" not in str(caught.value)
+    bare = tmp_path / "bare.pt"
+    torch.save(RFEUNet("resnet34").state_dict(), bare)
+    with pytest.raises(CheckpointMismatchError, match="do not fit the network to train") as caught:
+        init_from(RFEUNet("resnet50"), bare)
+    assert "\n" not in str(caught.value)
