@@ -22,6 +22,7 @@ _SUBMODULES = (
     "files",
     "images",
     "inference",
+    "interactive",
     "losses",
     "metrics",
     "networks",

@@ -24,7 +24,7 @@ import torch
 from bundle.checkpoint import load_weights
 from bundle.errors import DataError, innermost
 
-__all__ = ["BUNDLE_ROOT", "LesionSegmenter", "SegmentationRunner", "describe_error"]
+__all__ = ["BUNDLE_ROOT", "ClickSession", "LesionSegmenter", "SegmentationRunner", "describe_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +129,20 @@ class SegmentationRunner:
         with _raising_causes():
             return self._finish(self.preprocessing(_as_item(item)))
 
-    def segment_array(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def segment_array(
+        self,
+        image: np.ndarray,
+        clicks: Mapping[str, Sequence[Sequence[float]]] | None = None,
+        previous: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
         """Segment an in-memory photograph through the same pipeline; nothing is written.
 
         Args:
             image: (H, W, 3) uint8 RGB in numpy row order (row 0 at the top); (H, W) grey and (H, W, 4) RGBA
                 are accepted too.
+            clicks: for a click-guided network, ``{"positive": [[x, y], ...], "negative": [...]}`` in the photo's
+                pixels (x = column, y = row); an automatic network ignores them.
+            previous: for a click-guided network, the (H, W) mask the user saw before these clicks.
 
         Returns:
             ``{"pred": (H, W) uint8 0/1, "prob": (H, W) float32 lesion probability}``, in the image's own order.
@@ -142,11 +150,29 @@ class SegmentationRunner:
         Raises:
             bundle.errors.BadInputError: an array of another shape or dtype.
         """
+        item = {"image": image, "clicks": dict(clicks or {})}
+        if previous is not None:
+            item["previous"] = np.asarray(previous).T
         with _raising_causes():
-            result = self.predict(self.preprocessing({"image": image}))
+            result = self.predict(self.preprocessing(item))
         pred = np.asarray(result["pred"].detach().cpu(), dtype=np.uint8).T
         prob = np.asarray(result["prob"].detach().cpu(), dtype=np.float32).T
         return {"pred": np.ascontiguousarray(pred), "prob": np.ascontiguousarray(prob)}
+
+    def guidance_split(self) -> tuple[Callable, Callable]:
+        """The preprocessing cut where the clicks come in: (decoding and resizing, click guidance), so that a
+        session decodes a photo once and only the guidance is redone for each click."""
+        from monai.transforms import Compose
+
+        from bundle.interactive import ClicksFromPointsd
+
+        transforms = list(getattr(self.preprocessing, "transforms", [self.preprocessing]))
+        cut = next((i for i, t in enumerate(transforms) if isinstance(t, ClicksFromPointsd)), len(transforms))
+        return Compose(transforms[:cut]), Compose(transforms[cut:])
+
+    def session(self, item: Item) -> ClickSession:
+        """A :class:`ClickSession` on one photograph (a path, an item dict or an (H, W, 3) array)."""
+        return ClickSession(self, item)
 
     def _prepared(self, items: Sequence[dict]) -> Iterator[tuple[dict, dict | None, str | None]]:
         """Yield (item, preprocessed, failure reason), preprocessing ahead of the network: in ``num_workers``
@@ -226,6 +252,44 @@ class SegmentationRunner:
         return 0
 
 
+class ClickSession:
+    """One photograph segmented click by click: decoded and preprocessed once, then one network run per click.
+
+    Each prediction after the first is made with every click so far and, for a network that takes one, the
+    previous prediction as the previous mask (what the user saw before clicking). With an automatic network the
+    clicks change nothing.
+
+    Args:
+        runner: the :class:`SegmentationRunner`.
+        item: a path, an item dict, or an (H, W, 3) uint8 array in numpy order.
+    """
+
+    def __init__(self, runner: SegmentationRunner, item: Item | np.ndarray) -> None:
+        self.runner = runner
+        before, self._guide = runner.guidance_split()
+        source = {"image": item} if isinstance(item, np.ndarray) else _as_item(item)
+        with _raising_causes():
+            self._prepared = before(source)
+        self.clicks: dict[str, list[list[float]]] = {"positive": [], "negative": []}
+        self.previous: np.ndarray | None = None
+
+    def predict(self) -> dict[str, Any]:
+        """Segment with the clicks so far; returns the post-processed dict (``"pred"``, ``"prob"``, (W, H))."""
+        data = dict(self._prepared)
+        data["clicks"] = {kind: [list(p) for p in points] for kind, points in self.clicks.items()}
+        if self.previous is not None:
+            data["previous"] = self.previous
+        with _raising_causes():
+            result = self.runner.predict(self._guide(data))
+        self.previous = np.asarray(result["pred"], dtype=np.float32)
+        return result
+
+    def click(self, x: float, y: float, positive: bool) -> dict[str, Any]:
+        """Add a click at ``(x, y)`` (column, row in the photo's pixels) and segment again."""
+        self.clicks["positive" if positive else "negative"].append([float(x), float(y)])
+        return self.predict()
+
+
 class _Preprocessed(torch.utils.data.Dataset):
     """Items through ``preprocessing`` as ``(item, preprocessed, None)``, or ``(item, None, reason)`` when that
     fails (a one-line string, since exceptions of any type may not cross from a worker process)."""
@@ -300,9 +364,23 @@ class LesionSegmenter:
         """See :meth:`SegmentationRunner.segment`."""
         return self.runner.segment(item)
 
-    def segment_array(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def segment_array(
+        self,
+        image: np.ndarray,
+        clicks: Mapping[str, Sequence[Sequence[float]]] | None = None,
+        previous: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
         """See :meth:`SegmentationRunner.segment_array`."""
-        return self.runner.segment_array(image)
+        return self.runner.segment_array(image, clicks, previous)
+
+    def session(self, item: Item | np.ndarray) -> ClickSession:
+        """See :meth:`SegmentationRunner.session`."""
+        return self.runner.session(item)
+
+    @property
+    def guidance(self) -> list[str]:
+        """The guidance channels of the loaded network (empty for an automatic one)."""
+        return list(self.parser.get_parsed_content("network_settings#guidance"))
 
     def run(self, items: Sequence[Item]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         """See :meth:`SegmentationRunner.run`."""

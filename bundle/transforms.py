@@ -4,6 +4,7 @@
 - :class:`LesionMask` / :class:`LesionMaskd`: any loaded mask (PNG, BMP, JPEG, Slicer labelmap) → binary (1, W, H);
 - :class:`ResizeToSource` / :class:`ResizeToSourced`: predictions back to the photograph's own size;
 - :class:`LesionLabel` / :class:`LesionLabeld`: 2-channel probabilities → 0/1 label and lesion probability;
+- :class:`LesionCleanup` / :class:`LesionCleanupd`: the largest lesion region only, holes filled;
 - :class:`SaveMask` / :class:`SaveMaskd`: masks written atomically in the formats people and 3D Slicer open;
 - :func:`chosen_augmentations`: the training augmentations a comma-separated option names.
 
@@ -25,7 +26,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from PIL import Image
 
-from bundle.config import choice
+from bundle.config import choice, flag
 from bundle.data import file_stem
 from bundle.errors import ConfigError
 from bundle.files import atomic_write
@@ -34,6 +35,8 @@ from bundle.images import lesion_binary, photo_from_array, read_photo_sized, red
 __all__ = [
     "INTERPOLATION_MODES",
     "MASK_OUTPUT_EXTENSIONS",
+    "LesionCleanup",
+    "LesionCleanupd",
     "LesionLabel",
     "LesionLabeld",
     "LesionMask",
@@ -285,6 +288,91 @@ class LesionLabeld(MapTransform):
             meta = dict(d[key].meta) if isinstance(d[key], MetaTensor) else {}
             label, prob = self.split(d[key])
             d[key], d[self.prob_key] = MetaTensor(label, meta=meta), MetaTensor(prob, meta=dict(meta))
+        return d
+
+
+class LesionCleanup(Transform):
+    """The usual clean-up of a lesion mask (ISIC challenge entries): keep the largest lesion region, fill holes.
+
+    A dermoscopy photograph shows one lesion, centred; the network's small extra regions are mostly hair, ink marks
+    or vignetting, and holes are regression areas inside the lesion that belong to it. Regions holding a positive
+    click are kept too (the user said they are lesion).
+
+    It works on the (2, w, h) class probabilities at the working size, before they are resized to the photograph
+    (so a 12000×9000 photo costs no full-size label map): removed regions become certain background, filled holes
+    certain lesion, and the mask and probability of the photograph's size then agree with the clean-up.
+
+    Args:
+        largest: keep only the largest region (8-connected) and those under positive clicks.
+        fill_holes: fill background enclosed by lesion.
+    """
+
+    def __init__(self, largest: bool = True, fill_holes: bool = True) -> None:
+        self.largest, self.fill_holes = bool(largest), bool(fill_holes)
+
+    def __call__(self, probabilities: Any, positive_clicks: Any = ()) -> torch.Tensor:
+        from scipy import ndimage
+
+        probs = torch.as_tensor(probabilities)
+        if probs.ndim != 3 or probs.shape[0] != 2:
+            raise ValueError(f"expected (2, W, H) class probabilities, got shape {tuple(probs.shape)}")
+        label = np.asarray(probs[1].detach().cpu().float()) > 0.5
+        cleaned = label
+        if self.largest and label.any():
+            regions, count = ndimage.label(label, structure=np.ones((3, 3), dtype=bool))
+            if count > 1:
+                sizes = np.bincount(regions.ravel())
+                sizes[0] = 0
+                keep = {int(np.argmax(sizes))}
+                for x, y in positive_clicks:
+                    xi, yi = int(round(float(x))), int(round(float(y)))
+                    if 0 <= xi < label.shape[0] and 0 <= yi < label.shape[1] and regions[xi, yi]:
+                        keep.add(int(regions[xi, yi]))
+                cleaned = np.isin(regions, sorted(keep))
+        if self.fill_holes and cleaned.any():
+            cleaned = ndimage.binary_fill_holes(cleaned)
+        changed = torch.from_numpy(cleaned != label)
+        if not changed.any():
+            return probs
+        lesion = torch.from_numpy(cleaned).to(probs.dtype)
+        result = probs.clone()
+        result[1] = torch.where(changed, lesion, probs[1])
+        result[0] = torch.where(changed, 1 - lesion, probs[0])
+        return result
+
+
+class LesionCleanupd(MapTransform):
+    """Dictionary wrapper of :class:`LesionCleanup` on the (2, w, h) class probabilities ``keys``; positive clicks
+    are read from ``data[clicks_key]`` in the photo's pixels (as :class:`~bundle.interactive.AddGuidanced` takes
+    them) and mapped to the working size with ``data[source_key]``'s ``spatial_shape``. With both steps off it
+    changes nothing. Both take yes/no words as typed on the command line."""
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        largest: bool = True,
+        fill_holes: bool = True,
+        source_key: str = "image",
+        clicks_key: str = "clicks",
+    ) -> None:
+        super().__init__(keys)
+        self.cleanup = LesionCleanup(flag(largest, "cleanup"), flag(fill_holes, "cleanup"))
+        self.source_key, self.clicks_key = source_key, clicks_key
+
+    def __call__(self, data):
+        if not (self.cleanup.largest or self.cleanup.fill_holes):
+            return data
+        from bundle.interactive import working_clicks
+
+        d = dict(data)
+        clicks = (d.get(self.clicks_key) or {}).get("positive", ())
+        source = d.get(self.source_key)
+        for key in self.key_iterator(d):
+            value = d[key]
+            if clicks and isinstance(source, MetaTensor) and "spatial_shape" in source.meta:
+                clicks = working_clicks(clicks, source.meta["spatial_shape"], value.shape[-2:])
+            cleaned = self.cleanup(value, clicks)
+            d[key] = MetaTensor(cleaned, meta=value.meta) if isinstance(value, MetaTensor) else cleaned
         return d
 
 
