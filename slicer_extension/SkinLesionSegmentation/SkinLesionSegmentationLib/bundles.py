@@ -1,4 +1,5 @@
-"""Choosing a bundle: a bundle folder, or an exported bundle zip unpacked safely into a cache folder.
+"""Choosing a bundle: a bundle folder, or an exported bundle zip unpacked safely into a cache folder, or one
+downloaded from a URL and kept only if its SHA-256 is the one its sender gave.
 
 A bundle's configs and Python code run as code in the worker, so bundles should come from people you trust.
 Unpacking at least never writes outside its target folder: a zip with an absolute path, a ``..`` component, a
@@ -14,6 +15,7 @@ import re
 import shutil
 import stat
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
@@ -160,7 +162,11 @@ def download_bundle_zip(url: str, sha256: str, cache_dir: str | os.PathLike, tim
     except (OSError, ValueError) as err:
         if isinstance(err, BundleChoiceError):
             raise
-        raise BundleChoiceError(f"{url}: download failed ({getattr(err, 'reason', None) or err})") from None
+        if isinstance(err, urllib.error.HTTPError):
+            detail = f"HTTP {err.code} {err.reason}"
+        else:
+            detail = getattr(err, "reason", None) or err
+        raise BundleChoiceError(f"{url}: download failed ({detail})") from None
     finally:
         Path(partial).unlink(missing_ok=True)
     return target
