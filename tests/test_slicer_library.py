@@ -315,38 +315,6 @@ def test_not_a_bundle(tmp_path):
 # -- bundles downloaded from a URL ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def served_folder(tmp_path):
-    """A folder served over HTTP by ``python -m http.server`` on 127.0.0.1 (a real server process)."""
-    import subprocess
-    import time
-    import urllib.request
-
-    folder = tmp_path / "served"
-    folder.mkdir()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None
-                time.sleep(0.05)
-        yield folder, f"http://127.0.0.1:{port}"
-    finally:
-        server.kill()
-        server.wait()
-
-
 def test_downloaded_bundle_zip_is_checked_unpacked_and_reused(served_folder, tmp_path):
     import hashlib
 

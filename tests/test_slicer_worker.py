@@ -380,13 +380,16 @@ def test_a_python_without_the_project_gives_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_exported_bundle_zip_gpu_fallback_and_warm_request(tmp_path, capsys):
-    from SkinLesionSegmentationLib.bundles import resolve_bundle
+def test_exported_bundle_zip_gpu_fallback_and_warm_request(tmp_path, capsys, served_folder):
+    from SkinLesionSegmentationLib.bundles import fetch_bundle
 
     from .small_bundle import SMALL_NETWORK, export_zip, small_bundle
 
-    exported = export_zip(small_bundle(tmp_path / "bundle"), tmp_path / "dist")  # as scripts/export_bundle.py makes it
-    root = resolve_bundle(exported, tmp_path / "cache")
+    folder, base = served_folder
+    exported = export_zip(small_bundle(tmp_path / "bundle"), folder)  # as scripts/export_bundle.py makes it
+    # Downloaded as an installed extension gets it: from a URL, checked against the export's own .sha256 line.
+    sha256_line = exported.with_name(exported.name + ".sha256").read_text()
+    root = fetch_bundle(f"{base}/{exported.name}", sha256_line, tmp_path / "cache")
     photo, _ = corner_photo((480, 640))
     client = WorkerClient(sys.executable, root, device="cuda", env=dict(os.environ))
     try:
