@@ -417,20 +417,6 @@ def test_exported_bundle_zip_gpu_fallback_and_warm_request(tmp_path, capsys, ser
         client.close()
 
 
-def test_closing_slicer_ends_the_worker_tree(worker):
-    # Slicer crashed: nothing is sent, only the worker's standard input closes. (Last in the module: a later test
-    # would get a new worker, as the cancel test's second round does.)
-    worker.start()
-    group, tree = worker.pid, process_tree(worker.pid)
-    assert len(tree) >= 2  # launcher + interpreter
-    worker._process.stdin.close()
-    deadline = time.monotonic() + 30
-    while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [pid for pid in tree if alive(pid)] and not in_process_group(group)
-    assert not worker.running
-
-
 BLOCK_IMPORTS = """
 import importlib.abc, runpy, sys
 blocked = set(sys.argv[1].split(","))
@@ -580,3 +566,17 @@ def test_segment_folder_gives_the_command_lines_mask_for_a_photo_over_2000_pixel
         assert got.size == expected.size == (2400, 1594)
         assert (np.asarray(expected) > 0).sum() > 1000  # the demo model finds the lesion
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_closing_slicer_ends_the_worker_tree(worker):
+    # Slicer crashed: nothing is sent, only the worker's standard input closes. (Last in the module: a later test
+    # would get a new worker, as the cancel test's second round does.)
+    worker.start()
+    group, tree = worker.pid, process_tree(worker.pid)
+    assert len(tree) >= 2  # launcher + interpreter
+    worker._process.stdin.close()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in tree if alive(pid)] and not in_process_group(group)
+    assert not worker.running
