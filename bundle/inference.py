@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
-Item = Mapping[str, Any] | str | os.PathLike
+Item = Union[Mapping[str, Any], str, os.PathLike]  # noqa: UP007 - evaluated at import: Slicer 5.4-5.8 run Python 3.9
 
 
 def _as_item(item: Item) -> dict[str, Any]:
@@ -205,8 +205,13 @@ class SegmentationRunner:
         items: Sequence[Item],
         on_failure: Callable[[str, str], object] | None = None,
         keep_results: bool = True,
+        on_result: Callable[[str, dict[str, Any]], object] | None = None,
     ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         """Segment every item; a file that fails is recorded (and passed to ``on_failure``) and the rest go on.
+
+        ``on_result(input path, post-processed dict)`` is called for each item that succeeded, before
+        ``keep_results=False`` drops its arrays (the Slicer worker writes its result files there); an exception it
+        raises counts as that file's failure.
 
         Returns:
             ``(results, failures)``: the post-processed dicts of the items that succeeded (with
@@ -220,6 +225,8 @@ class SegmentationRunner:
             if reason is None:
                 try:
                     data = self._finish(data)
+                    if on_result is not None:
+                        on_result(source, data)
                 except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
                     reason = describe_error(source, err)
             if reason is not None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,3 +36,31 @@ def isic_val() -> Path:
     if not (ISIC_VAL / "images").is_dir():
         pytest.skip(f"real ISIC 2017 images not found at {ISIC_VAL} (set RFE_SHARED_DIR to the shared/ folder)")
     return ISIC_VAL
+
+
+@pytest.fixture
+def served_folder(tmp_path):
+    """A folder served over HTTP by ``python -m http.server`` on 127.0.0.1 (a real server process)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.05)
+        yield folder, f"http://127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.wait()

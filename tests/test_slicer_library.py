@@ -3,6 +3,7 @@ files (read back with slicerio), bundle zips, and the worker message format."""
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import stat
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "slicer_extension" / "SkinLesionSegmentation"
 sys.path.insert(0, str(MODULE_DIR))
 
-from SkinLesionSegmentationLib import bundles, imaging, measurements, protocol, results  # noqa: E402
+from SkinLesionSegmentationLib import bundles, imaging, measurements, protocol, results, slicer_python  # noqa: E402
 
 # Slicer's IJK-to-RAS matrix of a photo loaded from PNG/JPEG: LPS identity axes, so RAS = diag(-1, -1, 1).
 PHOTO_IJK_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -265,7 +266,7 @@ def test_bundle_zip_unpacks_once_into_the_cache(tmp_path):
     marker = root / "marker"
     marker.write_text("kept")
     assert bundles.resolve_bundle(zip_path, tmp_path / "cache") == root and marker.exists()
-    assert bundles.python_requirements(bundles.read_metadata(root)) == ["monai>=1.4.0"]
+    assert bundles.read_metadata(root) == {"monai_version": "1.4.0"}
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [root.parent.name]
 
 
@@ -311,12 +312,43 @@ def test_not_a_bundle(tmp_path):
     assert bundles.check_bundle_folder(REPO) == REPO
 
 
-def test_slicer_python_requirements_follow_the_metadata():
-    metadata = bundles.read_metadata(REPO)
-    requirements = bundles.python_requirements(metadata)
-    assert requirements[0] == f"monai>={metadata['monai_version']}"
-    assert f"pillow>={metadata['required_packages_version']['pillow']}" in requirements
-    assert not any(r.startswith("torch") for r in requirements)  # the PyTorch extension installs torch
+# -- bundles downloaded from a URL ---------------------------------------------------------------------------------
+
+
+def test_downloaded_bundle_zip_is_checked_unpacked_and_reused(served_folder, tmp_path):
+    import hashlib
+
+    folder, base = served_folder
+    zip_path = write_bundle_zip(folder / "mybundle_v1.zip")
+    digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()
+    cache = tmp_path / "cache"
+    root = bundles.fetch_bundle(f"{base}/mybundle_v1.zip", f"{digest}  mybundle_v1.zip", cache)  # a .sha256 line
+    assert (root / "configs" / "inference.json").is_file()
+    assert bundles.resolve_bundle(root, cache) == root  # a bundle folder like any other
+    downloaded = cache / "downloads" / f"{digest[:12]}-mybundle_v1.zip"
+    assert downloaded.read_bytes() == zip_path.read_bytes()
+    zip_path.unlink()  # already downloaded with that digest: not fetched again
+    assert bundles.fetch_bundle(f"{base}/mybundle_v1.zip", digest.upper(), cache) == root
+
+
+def test_a_download_with_another_sha256_is_refused_in_one_line_and_not_kept(served_folder, tmp_path):
+    import hashlib
+
+    folder, base = served_folder
+    zip_path = write_bundle_zip(folder / "mybundle_v1.zip")
+    actual = hashlib.sha256(zip_path.read_bytes()).hexdigest()
+    wrong = "0" * 64
+    cache = tmp_path / "cache"
+    with pytest.raises(bundles.BundleChoiceError) as refused:
+        bundles.fetch_bundle(f"{base}/mybundle_v1.zip", wrong, cache)
+    assert str(refused.value) == f"{base}/mybundle_v1.zip: refused, its SHA-256 is {actual}, expected {wrong}"
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # neither the file nor a partial one is kept
+    with pytest.raises(bundles.BundleChoiceError, match=r"mybundle_v2.zip: download failed \(.*404"):
+        bundles.fetch_bundle(f"{base}/mybundle_v2.zip", actual, cache)
+    with pytest.raises(bundles.BundleChoiceError, match="not a SHA-256"):
+        bundles.fetch_bundle(f"{base}/mybundle_v1.zip", "abc", cache)
+    with pytest.raises(bundles.BundleChoiceError, match="not an http"):
+        bundles.fetch_bundle(f"file://{zip_path}", actual, cache)
 
 
 # -- messages -------------------------------------------------------------------------------------------------------
@@ -340,3 +372,58 @@ def test_messages_carry_arrays_exactly():
             protocol.receive_header(right)
         with pytest.raises(protocol.ProtocolError, match="unsupported dtype"):
             protocol.receive_arrays(right, {"arrays": [{"name": "x", "dtype": "object", "shape": [1]}]})
+
+
+# -- install plan for Slicer's Python --------------------------------------------------------------------------------
+
+SLICER_RELEASES = json.loads((REPO / "tests" / "fixtures" / "slicer_releases.json").read_text())["releases"]
+NOT_FOR_SLICER = {"pillow", "itk", "pytorch-ignite", "tensorboard", "nibabel", "pynrrd", "fire", "torch"}
+
+
+def shipped(slicer_version: str) -> dict[str, str]:
+    return dict(SLICER_RELEASES[slicer_version]["distributions"])
+
+
+@pytest.mark.parametrize(
+    "slicer_version, python, monai, torch",
+    [
+        ("5.4", "3.9.10", "1.5.2", ">=2.4.1"),
+        ("5.8", "3.9.10", "1.5.2", ">=2.4.1"),
+        ("5.12", "3.12.10", "1.6.1", ">=2.8.0"),
+    ],
+)
+def test_install_plan_fits_slicers_python_and_installs_only_what_inference_needs(slicer_version, python, monai, torch):
+    from packaging.specifiers import SpecifierSet
+
+    assert SLICER_RELEASES[slicer_version]["python"] == python
+    metadata = bundles.read_metadata(REPO)
+    plan = slicer_python.install_plan(python, shipped(slicer_version), metadata)
+    assert plan.requirements == [f"monai=={monai}"] and plan.torch == torch
+    recorded = {r["version"]: r for r in slicer_python.read_releases()["monai"]}
+    assert python in SpecifierSet(recorded[monai]["requires_python"])  # PyPI's Requires-Python accepts it
+    names = {slicer_python.canonical_name(r.split("==")[0]) for r in plan.requirements}
+    assert not names & NOT_FOR_SLICER  # Pillow, ITK, training-only packages: never installed into Slicer
+    # Every package Slicer ships is pinned where it is: pip may add packages but never replace one of Slicer's.
+    pinned = {f"{slicer_python.canonical_name(name)}=={version}" for name, version in shipped(slicer_version).items()}
+    assert pinned <= set(plan.constraints)
+    assert plan.pip_arguments("/tmp/c.txt") == ["--constraint", "/tmp/c.txt", f"monai=={monai}"]
+    if monai != metadata["monai_version"]:
+        assert plan.notes == [
+            f"monai {monai} instead of {metadata['monai_version']} (the bundle's): the newest release for Python "
+            f"{python} with the packages installed there"
+        ]
+
+
+def test_install_plan_respects_what_is_installed_and_says_why_nothing_fits():
+    installed = shipped("5.12")
+    # torch already there but older than MONAI 1.6 needs: the newest MONAI that works with it.
+    assert slicer_python.install_plan("3.12.10", {**installed, "torch": "2.5.1"}).requirements == ["monai==1.5.2"]
+    # MONAI already installed (a previous install): nothing to add, nothing replaced.
+    assert slicer_python.install_plan((3, 12, 10), {**installed, "monai": "1.6.1"}).requirements == []
+    with pytest.raises(slicer_python.InstallPlanError) as refused:
+        slicer_python.install_plan("3.8.10", shipped("5.4"))
+    message = str(refused.value)
+    assert message.startswith("no monai release fits Python 3.8.10: monai 1.6.1 needs Python >=3.10;")
+    assert "monai 1.4.0 needs Python >=3.9" in message and "\n" not in message
+    with pytest.raises(slicer_python.InstallPlanError, match="needs numpy"):
+        slicer_python.install_plan("3.12.10", {"numpy": "1.20.0"})

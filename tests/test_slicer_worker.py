@@ -380,13 +380,16 @@ def test_a_python_without_the_project_gives_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_exported_bundle_zip_gpu_fallback_and_warm_request(tmp_path, capsys):
-    from SkinLesionSegmentationLib.bundles import resolve_bundle
+def test_exported_bundle_zip_gpu_fallback_and_warm_request(tmp_path, capsys, served_folder):
+    from SkinLesionSegmentationLib.bundles import fetch_bundle
 
     from .small_bundle import SMALL_NETWORK, export_zip, small_bundle
 
-    exported = export_zip(small_bundle(tmp_path / "bundle"), tmp_path / "dist")  # as scripts/export_bundle.py makes it
-    root = resolve_bundle(exported, tmp_path / "cache")
+    folder, base = served_folder
+    exported = export_zip(small_bundle(tmp_path / "bundle"), folder)  # as scripts/export_bundle.py makes it
+    # Downloaded as an installed extension gets it: from a URL, checked against the export's own .sha256 line.
+    sha256_line = exported.with_name(exported.name + ".sha256").read_text()
+    root = fetch_bundle(f"{base}/{exported.name}", sha256_line, tmp_path / "cache")
     photo, _ = corner_photo((480, 640))
     client = WorkerClient(sys.executable, root, device="cuda", env=dict(os.environ))
     try:
@@ -412,6 +415,157 @@ def test_exported_bundle_zip_gpu_fallback_and_warm_request(tmp_path, capsys):
             )
     finally:
         client.close()
+
+
+BLOCK_IMPORTS = """
+import importlib.abc, runpy, sys
+blocked = set(sys.argv[1].split(","))
+class NotInSlicer(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ModuleNotFoundError(f"No module named {name!r} (not in Slicer's Python)", name=name)
+sys.meta_path.insert(0, NotInSlicer())
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_the_worker_needs_only_what_slicer_ships_and_the_install_plan_adds(tmp_path):
+    """The worker in an interpreter that can import only Slicer 5.12's packages, torch (the PyTorch extension's) and
+    what the install plan adds: every other installed package (ITK, nibabel, ignite, tensorboard, ...) is blocked."""
+    from importlib import metadata
+
+    from SkinLesionSegmentationLib import slicer_python
+
+    releases = json.loads((REPO / "tests" / "fixtures" / "slicer_releases.json").read_text())["releases"]
+    plan = slicer_python.install_plan(releases["5.12"]["python"], releases["5.12"]["distributions"])
+    from packaging.requirements import Requirement
+
+    torch_needs = {
+        slicer_python.canonical_name(Requirement(r).name) for r in metadata.requires("torch") or [] if "extra" not in r
+    }
+    allowed = {slicer_python.canonical_name(n) for n in releases["5.12"]["distributions"]}
+    allowed |= {r.split("==")[0] for r in plan.requirements} | {"torch", "rfe-unet-skin-lesion"} | torch_needs
+    blocked = sorted(
+        name
+        for name, owners in metadata.packages_distributions().items()
+        if name.isidentifier() and not {slicer_python.canonical_name(o) for o in owners} & allowed
+    )
+    assert {"itk", "nibabel", "ignite", "tensorboard", "nrrd", "fire"} <= set(blocked)
+
+    photo, lesion = corner_photo()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(photo).save(photos / "a.jpg", quality=95)
+    python = [sys.executable, "-c", BLOCK_IMPORTS, ",".join(blocked)]
+    client = WorkerClient(python, REPO, device="cpu", env=dict(os.environ))  # the bundle's network, demo weights
+    try:
+        assert client.start()["has_weights"]
+        answer = client.segment(photo)
+        assert answer["pred"].shape == (120, 160) and answer["prob"].dtype == np.float32
+        result = client.batch(photos, tmp_path / "out")
+        assert result["failures"] == [] and len(result["written"]) == 1
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def slow_launcher(tmp_path) -> Path:
+    """A Python launcher that takes a minute before it runs the interpreter: a worker that is slow to start."""
+    script = tmp_path / "slow-python"
+    script.write_text(f'#!/bin/sh\nsleep 60\nexec "{sys.executable}" "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("how", ["close", "cancel", "stop"])
+def test_close_cancel_or_stop_while_the_worker_starts_returns_at_once(slow_launcher, how):
+    client = WorkerClient(slow_launcher, REPO, device="cpu", env=dict(os.environ))
+    future = client.submit(client.start)
+    deadline = time.monotonic() + 30
+    while client.pid is None:  # the launcher runs: the start is waiting for the worker to get ready
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    tree = process_tree(client.pid)
+    started = time.monotonic()
+    getattr(client, how)()
+    returned = time.monotonic() - started
+    with pytest.raises(WorkerCancelled, match="^cancelled while the worker was starting$"):
+        future.result(timeout=10)
+    assert returned < 2.0, f"{how}() took {returned:.1f} s"  # the start-up it interrupted takes over 60 s
+    assert not [pid for pid in tree if alive(pid)]
+    client.close()
+
+
+def test_a_stopped_worker_fails_a_request_within_its_timeout_in_one_line():
+    client = WorkerClient(sys.executable, REPO, device="cpu", overrides=RED_IS_LESION, env=dict(os.environ))
+    client.request_timeout = 3.0
+    try:
+        info = client.start()
+        os.kill(info["pid"], signal.SIGSTOP)  # suspended: alive, silent, never answers
+        photo, lesion = corner_photo()
+        started = time.monotonic()
+        with pytest.raises(WorkerError) as timed_out:
+            client.segment(photo)
+        waited = time.monotonic() - started
+        assert str(timed_out.value) == (
+            "the worker did not answer 'segment' within 3 s (suspended or hung?); it was stopped, and the next "
+            "request starts a new one"
+        )
+        assert 3.0 <= waited < 3.0 + 10  # the timeout, not forever
+        assert not alive(info["pid"]) and not client.running
+        assert iou(client.segment(photo)["pred"], lesion) > 0.9  # a new worker answers
+    finally:
+        client.close()
+
+
+def test_a_deeply_nested_header_is_refused_without_a_traceback(worker):
+    port = worker.info["port"]
+    lines_before = len(worker.lines)
+    header = b"[" * 200_000 + b"]" * 200_000  # valid JSON, under the header size limit, too deep for json.loads
+    with socket.create_connection((protocol.HOST, port), timeout=10) as intruder:
+        intruder.sendall(struct.pack(">I", len(header)) + header)
+        assert intruder.recv(1) == b""  # the connection is closed
+    time.sleep(0.5)  # what the worker printed about it, if anything, has reached the client by now
+    printed = list(worker.lines)[lines_before:]
+    assert not [line for line in printed if "Traceback" in line or "RecursionError" in line], printed
+    photo, lesion = corner_photo()
+    assert iou(worker.segment(photo)["pred"], lesion) > 0.9  # the worker is unharmed
+
+
+def test_segment_folder_gives_the_command_lines_mask_for_a_photo_over_2000_pixels(isic_val, tmp_path):
+    from .conftest import run_bundle
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    with Image.open(isic_val / "images" / "ISIC_0012288.jpg") as original:
+        large = original.convert("RGB").resize((2400, 1594), Image.BICUBIC)
+    large.save(photos / "large.jpg", quality=92)
+    cli = run_bundle(
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--dataset_dir",
+        str(photos),
+        "--output_dir",
+        str(tmp_path / "cli"),
+        "--device",
+        "$torch.device('cpu')",
+        "--amp",
+        "False",
+    )
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    (cli_mask,) = (tmp_path / "cli").rglob("large_mask.png")
+    client = WorkerClient(sys.executable, REPO, device="cpu", env=dict(os.environ))
+    try:
+        result = client.batch(photos, tmp_path / "worker")
+    finally:
+        client.close()
+    assert result["failures"] == []
+    with Image.open(cli_mask) as expected, Image.open(tmp_path / "worker" / "large_mask.png") as got:
+        assert got.size == expected.size == (2400, 1594)
+        assert (np.asarray(expected) > 0).sum() > 1000  # the demo model finds the lesion
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
 def test_closing_slicer_ends_the_worker_tree(worker):

@@ -1,22 +1,23 @@
 """Skin lesion segmentation of dermoscopy photographs in 3D Slicer with the RFE U-Net MONAI bundle.
 
-Thin glue: the computations live in ``SkinLesionSegmentationLib`` (pure Python, tested with pytest outside Slicer)
-and the network runs in a separate worker process, so neither torch nor MONAI is imported when Slicer starts.
+Thin glue for 3D Slicer 5.4 or later (``slicer.parameterNodeWrapper`` first ships in 5.4; 5.4-5.8 run Python 3.9,
+5.10 and later 3.12): the computations live in ``SkinLesionSegmentationLib`` (its headless Logic is tested on Slicer
+Core, the rest with pytest outside Slicer) and the network runs in a separate worker process, so neither torch nor
+MONAI is imported when Slicer starts. Only the Widget reads Slicer's settings; the Logic gets explicit arguments.
 """
 
 import importlib.util
 import logging
 import os
-import queue
 import shutil
 import sys
+import time
 from typing import Annotated
 
 import qt
 import slicer
-import vtk
-from SkinLesionSegmentationLib import bundles, imaging, measurements, results
-from SkinLesionSegmentationLib.client import WorkerCancelled, WorkerClient, WorkerError
+from SkinLesionSegmentationLib import bundles, logic, slicer_python
+from SkinLesionSegmentationLib.client import WorkerCancelled, WorkerError
 from slicer import (
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLMarkupsROINode,
@@ -35,6 +36,9 @@ from slicer.util import VTKObservationMixin
 
 SETTINGS = "SkinLesionSegmentation"
 DEVICES = ("auto", "cpu", "cuda")  # in the order of the device combo box
+# A synthetic dermoscopy-like photo (the bundle's sample_data/images/synthetic_000.jpg), shipped with the module
+SAMPLE_PHOTO = "SyntheticLesion.jpg"
+SAMPLE_PHOTO_SHA256 = "28b1384bb67a4c03980e6b44bc536e9928e189801d5f7de9d06831ca6869e6b4"
 
 
 class SkinLesionSegmentation(ScriptedLoadableModule):
@@ -52,6 +56,28 @@ class SkinLesionSegmentation(ScriptedLoadableModule):
         )
         self.parent.acknowledgementText = (
             "Zarrin and Nikkhah, RFE U-Net with the Adapt Exp loss (JADM 2025); MONAI; 3D Slicer."
+        )
+        slicer.app.connect("startupCompleted()", self.loadTerminology)
+        slicer.app.connect("startupCompleted()", self.registerSampleData)
+
+    def loadTerminology(self):
+        """The "Skin lesion" type (SCT 95324001) is in no list Slicer ships: load the extension's .term.json."""
+        logic.load_terminology(slicer.modules.terminologies.logic())
+
+    def registerSampleData(self):
+        """The module's sample photo in the Sample Data module (loaded as a single file, checksum checked)."""
+        import SampleData
+
+        photo = os.path.join(os.path.dirname(self.parent.path), "Resources", "SampleData", SAMPLE_PHOTO)
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="Skin Lesion Segmentation",
+            sampleName="SyntheticLesion",
+            uris=[qt.QUrl.fromLocalFile(photo).toString()],
+            fileNames=[SAMPLE_PHOTO],
+            nodeNames=["SyntheticLesion"],
+            thumbnailFileName=photo,
+            loadFileProperties={"singleFile": True},
+            checksums=[f"SHA256:{SAMPLE_PHOTO_SHA256}"],
         )
 
 
@@ -76,7 +102,15 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._parameterNodeGuiTag = None
         self._future = None
         self._onDone = None
-        self._observedPoints = []
+        self._message = ""
+        self._startedAt = 0.0
+
+    @staticmethod
+    def defaultBundlePath():
+        """This repository's bundle folder when the module runs from a source checkout, else nothing (an installed
+        extension downloads one: Bundle URL and SHA-256)."""
+        root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+        return root if bundles.is_bundle_folder(root) else ""
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -85,9 +119,12 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SkinLesionSegmentationLogic()
+        self.logic.onMaskUpdated = self.onMaskUpdated
 
         settings = qt.QSettings()
-        self.ui.bundlePathLineEdit.currentPath = settings.value(f"{SETTINGS}/bundle", self.logic.defaultBundlePath())
+        self.ui.bundlePathLineEdit.currentPath = settings.value(f"{SETTINGS}/bundle", self.defaultBundlePath())
+        self.ui.bundleUrlLineEdit.text = settings.value(f"{SETTINGS}/bundleUrl", "")
+        self.ui.bundleSha256LineEdit.text = settings.value(f"{SETTINGS}/bundleSha256", "")
         self.ui.pythonComboBox.currentIndex = int(settings.value(f"{SETTINGS}/pythonChoice", 0))
         self.ui.externalPythonPathLineEdit.currentPath = settings.value(f"{SETTINGS}/externalPython", "")
         self.ui.deviceComboBox.currentIndex = int(settings.value(f"{SETTINGS}/device", 0))
@@ -97,6 +134,8 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.bundlePathLineEdit.connect("currentPathChanged(QString)", self.onWorkerSettingsChanged)
+        self.ui.bundleZipButton.connect("clicked(bool)", self.onChooseBundleZip)
+        self.ui.downloadBundleButton.connect("clicked(bool)", self.onDownloadBundle)
         self.ui.pythonComboBox.connect("currentIndexChanged(int)", self.onWorkerSettingsChanged)
         self.ui.externalPythonPathLineEdit.connect("currentPathChanged(QString)", self.onWorkerSettingsChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onWorkerSettingsChanged)
@@ -107,6 +146,8 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.thresholdSliderWidget.connect("valueChanged(double)", self.updateMask)
         self.ui.foregroundPointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onPointsChanged)
         self.ui.backgroundPointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onPointsChanged)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateMask)
+        self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateMask)
         self.ui.refineButton.connect("clicked(bool)", self.onRefine)
         self.ui.measureButton.connect("clicked(bool)", self.onMeasure)
         self.ui.saveButton.connect("clicked(bool)", self.onSave)
@@ -121,7 +162,7 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.initializeParameterNode()
 
     def cleanup(self):
-        """Slicer is closing or the module is reloaded: end the worker process tree."""
+        """Slicer is closing or the module is reloaded: end the worker process tree (at once, also mid-start)."""
         self.pollTimer.stop()
         self.removeObservers()
         if self.logic:
@@ -155,7 +196,7 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.onPointsChanged()
 
-    # -- worker settings ---------------------------------------------------------------------------------------------
+    # -- worker settings (read and written here only) ----------------------------------------------------------------
 
     def onWorkerSettingsChanged(self, *_):
         settings = qt.QSettings()
@@ -170,13 +211,56 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
     def onOutputFolderChanged(self, path):
         qt.QSettings().setValue(f"{SETTINGS}/outputFolder", path)
 
+    def onChooseBundleZip(self):
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent, "Choose a bundle zip", self.ui.bundlePathLineEdit.currentPath, "Bundle zip (*.zip)"
+        )
+        if path:
+            self.ui.bundlePathLineEdit.currentPath = path
+
+    def workerOptions(self):
+        """The worker settings as chosen in the panel, for the Logic."""
+        if self.ui.pythonComboBox.currentIndex == 1:
+            python = self.ui.externalPythonPathLineEdit.currentPath
+            if not python:
+                raise WorkerError("Choose the external Python first.")
+            # Slicer's own Python variables must not leak into another interpreter.
+            python, env = (python,), slicer.util.startupEnvironment()
+        else:
+            python, env = (self.logic.slicerPython(),), dict(os.environ)
+            if not self.logic.slicerPythonHasRequirements():
+                raise WorkerError(
+                    "Slicer's Python lacks PyTorch and MONAI: press 'Install PyTorch and MONAI into Slicer's Python', "
+                    "or choose an external Python."
+                )
+        return logic.WorkerOptions(
+            bundle=self.ui.bundlePathLineEdit.currentPath,
+            python=python,
+            device=DEVICES[self.ui.deviceComboBox.currentIndex],
+            env=env,
+        )
+
+    def onDownloadBundle(self):
+        url, sha256 = self.ui.bundleUrlLineEdit.text.strip(), self.ui.bundleSha256LineEdit.text.strip()
+        settings = qt.QSettings()
+        settings.setValue(f"{SETTINGS}/bundleUrl", url)
+        settings.setValue(f"{SETTINGS}/bundleSha256", sha256)
+        try:
+            with slicer.util.WaitCursor():
+                root = self.logic.downloadBundle(url, sha256)
+        except bundles.BundleChoiceError as err:
+            slicer.util.errorDisplay(str(err))
+            return
+        self.ui.bundlePathLineEdit.currentPath = str(root)
+        self.addLog(f"Downloaded {url} (SHA-256 checked) into {root}")
+
     def onInstall(self):
         try:
             bundleRoot = self.logic.resolveBundle(self.ui.bundlePathLineEdit.currentPath)
             with slicer.util.tryWithErrorDisplay("Installation failed.", waitCursor=True):
                 if self.logic.installSlicerPythonRequirements(bundleRoot, askConfirmation=True):
-                    self.addLog("PyTorch and the bundle's requirements are installed in Slicer's Python.")
-        except (bundles.BundleChoiceError, WorkerError) as err:
+                    self.addLog("PyTorch and MONAI are installed in Slicer's Python.")
+        except (bundles.BundleChoiceError, slicer_python.InstallPlanError, WorkerError) as err:
             slicer.util.errorDisplay(str(err))
 
     def onStopWorker(self):
@@ -186,39 +270,48 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
     # -- background work ---------------------------------------------------------------------------------------------
 
     def runInBackground(self, message, start, onDone):
-        """Start work on the worker; the Segment button turns into Cancel until ``onDone(result)`` has run."""
+        """Start work on the worker; the Segment button turns into Cancel until ``onDone(result)`` has run. The
+        status line shows what runs and for how long."""
         if self._future is not None:
             return
         try:
             self._future = start()
-        except (WorkerError, bundles.BundleChoiceError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - one line for the user, never a silent failure
             slicer.util.errorDisplay(str(err))
             return
-        self._onDone = onDone
-        self.ui.statusLabel.text = message
+        self._onDone, self._message, self._startedAt = onDone, message, time.monotonic()
         self.ui.applyButton.text = "Cancel"
         self.ui.progressBar.show()
+        self.showProgress()
+
+    def showProgress(self):
+        client = self.logic.client
+        state = "starting the worker" if client is not None and not client.running else "working"
+        self.ui.statusLabel.text = f"{self._message} ({state}, {time.monotonic() - self._startedAt:.0f} s)"
 
     def poll(self):
         for line in self.logic.takeLogLines():
             self.addLog(line)
-        if self._future is None or not self._future.done():
+        if self._future is None:
             return
-        future, onDone = self._future, self._onDone
+        if not self._future.done():
+            self.showProgress()
+            return
+        future, onDone, seconds = self._future, self._onDone, time.monotonic() - self._startedAt
         self._future = self._onDone = None
         self.ui.applyButton.text = "Segment"
         self.ui.progressBar.hide()
         try:
             result = future.result()
         except WorkerCancelled:
-            self.ui.statusLabel.text = "Cancelled."
+            self.ui.statusLabel.text = f"Cancelled after {seconds:.1f} s."
             return
         except Exception as err:  # noqa: BLE001 - shown to the user in one line
-            self.ui.statusLabel.text = "Failed."
+            self.ui.statusLabel.text = f"Failed after {seconds:.1f} s."
             slicer.util.errorDisplay(str(err))
             return
         with slicer.util.tryWithErrorDisplay("Could not show the result.", waitCursor=True):
-            self.ui.statusLabel.text = onDone(result) or "Done."
+            self.ui.statusLabel.text = f"{onDone(result) or 'Done.'} ({seconds:.1f} s)"
 
     def addLog(self, text):
         logging.info(text)
@@ -245,41 +338,29 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             runs = result["forward_count"]
             return f"Segmented on {result['device']} in {result['seconds']:.2f} s (network runs so far: {runs})."
 
-        self.runInBackground(
-            "Segmenting...", lambda: self.logic.startSegmentation(volume, **self.logic.savedWorkerOptions()), done
-        )
+        self.runInBackground("Segmenting", lambda: self.logic.startSegmentation(volume, self.workerOptions()), done)
         segmentation.CreateDefaultDisplayNodes()
 
     # -- interaction -------------------------------------------------------------------------------------------------
 
     def onPointsChanged(self, *_):
         # Read the selectors, not the parameter node: this slot may run before the node is updated.
-        for observed in self._observedPoints:
-            self.removeObserver(observed, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.updateMask)
-            self.removeObserver(observed, slicer.vtkMRMLMarkupsNode.PointRemovedEvent, self.updateMask)
-        foreground = self.ui.foregroundPointsSelector.currentNode()
-        background = self.ui.backgroundPointsSelector.currentNode()
-        self._observedPoints = [points for points in (foreground, background) if points]
-        for observed in self._observedPoints:
-            self.addObserver(observed, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.updateMask)
-            self.addObserver(observed, slicer.vtkMRMLMarkupsNode.PointRemovedEvent, self.updateMask)
-        self.ui.foregroundPlaceWidget.setCurrentNode(foreground)
-        self.ui.backgroundPlaceWidget.setCurrentNode(background)
+        self.ui.foregroundPlaceWidget.setCurrentNode(self.ui.foregroundPointsSelector.currentNode())
+        self.ui.backgroundPlaceWidget.setCurrentNode(self.ui.backgroundPointsSelector.currentNode())
         self.updateMask()
 
     def updateMask(self, *_):
-        """Threshold and points from the cached probability map: no network run."""
-        volume = self.ui.inputVolumeSelector.currentNode()
-        segmentation = self.ui.outputSegmentationSelector.currentNode()
-        if not volume or not segmentation or not self.logic.hasProbability(volume):
-            return
-        notes = self.logic.updateSegmentation(
-            volume,
-            segmentation,
+        """Threshold and points from the cached probability map (no network run); the Logic then follows the
+        points as they are placed, moved or removed."""
+        self.logic.setInteraction(
+            self.ui.inputVolumeSelector.currentNode(),
+            self.ui.outputSegmentationSelector.currentNode(),
             self.ui.thresholdSliderWidget.value,
             self.ui.foregroundPointsSelector.currentNode(),
             self.ui.backgroundPointsSelector.currentNode(),
         )
+
+    def onMaskUpdated(self, notes):
         self.ui.statusLabel.text = "; ".join(notes)
 
     def onRefine(self):
@@ -294,7 +375,8 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.updateMask()
             return "Refined inside the region."
 
-        self.runInBackground("Refining...", lambda: self.logic.startRefinement(volume, roi), done)
+        # The worker for the current settings: started again if it was stopped.
+        self.runInBackground("Refining", lambda: self.logic.startRefinement(volume, roi, self.workerOptions()), done)
 
     def onMeasure(self):
         node = self._parameterNode
@@ -330,55 +412,25 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             return f"Segmented {len(result['written'])} photos; {len(result['failures'])} failed (see the log)."
 
         self.runInBackground(
-            "Segmenting the folder...",
-            lambda: self.logic.startBatch(source, folder, **self.logic.savedWorkerOptions()),
+            "Segmenting the folder",
+            lambda: self.logic.startBatch(source, folder, self.workerOptions()),
             done,
         )
 
 
-class SkinLesionSegmentationLogic(ScriptedLoadableModuleLogic):
-    """Everything the widget does, without the widget; runs the network through one :class:`WorkerClient`."""
+class SkinLesionSegmentationLogic(ScriptedLoadableModuleLogic, logic.SkinLesionSegmentationLogic):
+    """The headless Logic (``SkinLesionSegmentationLib.logic``) with Slicer's parameter node and Slicer's Python."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.client = None
-        self._clientKey = None
-        self._logLines = queue.SimpleQueue()
-        self._probability = {}  # volume node ID -> cached lesion probability map (rows, columns)
+        logic.SkinLesionSegmentationLogic.__init__(self, os.path.join(slicer.app.cachePath, SETTINGS))
 
     def getParameterNode(self):
         return SkinLesionSegmentationParameterNode(super().getParameterNode())
 
-    def cleanup(self):
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-
-    # -- worker ------------------------------------------------------------------------------------------------------
-
     @staticmethod
-    def defaultBundlePath():
-        """This repository's bundle folder when the module runs from a source checkout, else nothing."""
-        root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-        return root if bundles.is_bundle_folder(root) else ""
-
-    @staticmethod
-    def savedWorkerOptions():
-        """Bundle, Python and device as last chosen in the module (stored in Slicer's settings)."""
-        settings = qt.QSettings()
-        external = int(settings.value(f"{SETTINGS}/pythonChoice", 0)) == 1
-        return {
-            "bundlePath": settings.value(f"{SETTINGS}/bundle", SkinLesionSegmentationLogic.defaultBundlePath()),
-            "externalPython": settings.value(f"{SETTINGS}/externalPython", "") if external else "",
-            "device": DEVICES[int(settings.value(f"{SETTINGS}/device", 0))],
-        }
-
-    @staticmethod
-    def resolveBundle(path):
-        """A bundle folder, or a bundle zip unpacked (safely, once) into Slicer's cache folder."""
-        if not path:
-            raise bundles.BundleChoiceError("Choose a bundle folder or bundle zip first.")
-        return bundles.resolve_bundle(path, os.path.join(slicer.app.cachePath, SETTINGS, "bundles"))
+    def slicerPython():
+        return shutil.which("PythonSlicer") or os.path.join(os.path.dirname(sys.executable), "PythonSlicer")
 
     @staticmethod
     def slicerPythonHasRequirements():
@@ -386,218 +438,82 @@ class SkinLesionSegmentationLogic(ScriptedLoadableModuleLogic):
         return all(importlib.util.find_spec(name) is not None for name in ("torch", "monai"))
 
     def installSlicerPythonRequirements(self, bundleRoot, askConfirmation=True):
-        """Install PyTorch (through the PyTorch extension) and the bundle's packages into Slicer's Python."""
+        """Install PyTorch (through the PyTorch extension) and MONAI into Slicer's Python, as
+        ``slicer_python.install_plan`` chooses for this Python: nothing Slicer ships is upgraded or replaced."""
         try:
             import PyTorchUtils
         except ModuleNotFoundError:
             raise WorkerError(
                 "Install the PyTorch extension from the Extensions Manager, restart Slicer, try again."
             ) from None
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=askConfirmation) is None:
-            raise WorkerError("PyTorch was not installed; the module cannot run the bundle in Slicer's Python.")
-        requirements = bundles.python_requirements(bundles.read_metadata(bundleRoot))
+        plan = slicer_python.install_plan(
+            sys.version_info, slicer_python.installed_distributions(), bundles.read_metadata(bundleRoot)
+        )
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            "Install these packages into Slicer's Python?\n" + "\n".join(requirements)
+            f"Install into Slicer's Python {plan.python}:\n"
+            + "\n".join([f"torch{plan.torch} (PyTorch extension)", *plan.requirements, *plan.notes])
+            + "\nPackages already installed stay as they are."
         ):
             return False
-        slicer.util.pip_install(requirements)
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=plan.torch) is None:
+                raise WorkerError("PyTorch was not installed; the module cannot run the bundle in Slicer's Python.")
+            plan = slicer_python.install_plan(
+                sys.version_info, slicer_python.installed_distributions(), bundles.read_metadata(bundleRoot)
+            )
+        if plan.requirements:
+            constraints = os.path.join(slicer.app.temporaryPath, "SkinLesionSegmentation-constraints.txt")
+            with open(constraints, "w", encoding="utf-8") as handle:
+                handle.write("\n".join(plan.constraints) + "\n")
+            slicer.util.pip_install(plan.pip_arguments(constraints))
         return True
-
-    def worker(self, bundlePath, externalPython="", device="auto"):
-        """The worker client for these settings; a change of settings stops the previous worker."""
-        bundleRoot = str(self.resolveBundle(bundlePath))
-        key = (bundleRoot, externalPython, device)
-        if self.client is not None and self._clientKey == key:
-            return self.client
-        self.stopWorker()
-        if externalPython:
-            # Slicer's own Python variables must not leak into another interpreter.
-            python, env = externalPython, slicer.util.startupEnvironment()
-        else:
-            if not self.slicerPythonHasRequirements() and not self.installSlicerPythonRequirements(bundleRoot):
-                raise WorkerError("Slicer's Python lacks PyTorch and MONAI; install them or choose an external Python.")
-            python = shutil.which("PythonSlicer") or os.path.join(os.path.dirname(sys.executable), "PythonSlicer")
-            env = dict(os.environ)
-        self.client = WorkerClient(python, bundleRoot, device=device, env=env, log=self._logLines.put)
-        self._clientKey = key
-        return self.client
-
-    def stopWorker(self):
-        if self.client is not None:
-            self.client.close()
-        self.client, self._clientKey = None, None
-
-    def cancel(self):
-        if self.client is not None:
-            self.client.cancel()
-
-    def takeLogLines(self):
-        lines = []
-        while not self._logLines.empty():
-            lines.append(self._logLines.get())
-        return lines
-
-    # -- segmentation ------------------------------------------------------------------------------------------------
-
-    def startSegmentation(self, volumeNode, bundlePath, externalPython="", device="auto"):
-        """Returns a future of the worker's answer for the photo (``prob``, ``pred``, timing)."""
-        client = self.worker(bundlePath, externalPython, device)
-        photo = slicer.util.arrayFromVolume(volumeNode).copy()  # read here, on Slicer's thread
-        return client.submit(client.segment, photo)
-
-    def setProbability(self, volumeNode, probability):
-        self._probability[volumeNode.GetID()] = probability
-
-    def hasProbability(self, volumeNode):
-        return volumeNode is not None and volumeNode.GetID() in self._probability
-
-    def segmentSpec(self):
-        info = self.client.info if self.client is not None else {}
-        if not info:
-            return results.SKIN_LESION
-        return results.SegmentSpec(info["segment_name"], tuple(info["segment_color"]), info["segment_terminology"])
-
-    @staticmethod
-    def rasToIjk(volumeNode):
-        matrix = vtk.vtkMatrix4x4()
-        volumeNode.GetRASToIJKMatrix(matrix)
-        return slicer.util.arrayFromVTKMatrix(matrix)
-
-    def pointsInPixels(self, pointsNode, volumeNode):
-        if pointsNode is None or pointsNode.GetNumberOfControlPoints() == 0:
-            return []
-        positions = slicer.util.arrayFromMarkupsControlPoints(pointsNode, world=True)
-        return imaging.pixels_from_ras(positions, self.rasToIjk(volumeNode))
-
-    def segmentId(self, segmentationNode, volumeNode):
-        """The lesion segment of ``segmentationNode``, created with the bundle's name, colour and terminology."""
-        spec = self.segmentSpec()
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        segmentation = segmentationNode.GetSegmentation()
-        segmentId = segmentation.GetSegmentIdBySegmentName(spec.name)
-        if not segmentId:
-            segmentId = segmentation.AddEmptySegment("", spec.name, list(spec.color))
-            if spec.terminology:
-                segment = segmentation.GetSegment(segmentId)
-                segment.SetTag(segment.GetTerminologyEntryTagName(), spec.terminology)
-        return segmentId
-
-    def updateSegmentation(self, volumeNode, segmentationNode, threshold, foregroundPoints=None, backgroundPoints=None):
-        """Segment from the cached probability map, the threshold and the points; returns notes for the user."""
-        mask = imaging.threshold_probability(self._probability[volumeNode.GetID()], threshold)
-        mask, notes = imaging.apply_clicks(
-            mask, self.pointsInPixels(foregroundPoints, volumeNode), self.pointsInPixels(backgroundPoints, volumeNode)
-        )
-        segmentId = self.segmentId(segmentationNode, volumeNode)
-        slicer.util.updateSegmentBinaryLabelmapFromArray(
-            imaging.mask_to_volume_array(mask), segmentationNode, segmentId, volumeNode
-        )
-        return notes
-
-    def startRefinement(self, volumeNode, roiNode):
-        """Returns a future of the probability map with the ROI's inside segmented again at full network size."""
-        bounds = [0.0] * 6
-        roiNode.GetRASBounds(bounds)
-        photo = imaging.photo_from_volume_array(slicer.util.arrayFromVolume(volumeNode))
-        box = imaging.box_from_ras_bounds(bounds, self.rasToIjk(volumeNode), photo.shape[:2])
-        client, probability = self.client, self._probability[volumeNode.GetID()]
-        return client.submit(
-            imaging.refine_in_region, photo, probability, box, lambda crop: client.segment(crop)["prob"]
-        )
-
-    def lesionMask(self, segmentationNode, volumeNode):
-        segmentId = self.segmentId(segmentationNode, volumeNode)
-        return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)[0], segmentId
-
-    def measure(self, segmentationNode, volumeNode, pixelSizeMm, tableNode):
-        """Fill ``tableNode`` with the lesion's measurements (as edited in the Segment Editor, too)."""
-        mask, _ = self.lesionMask(segmentationNode, volumeNode)
-        values = measurements.measure(mask, pixelSizeMm or None)
-        tableNode.RemoveAllColumns()
-        table = tableNode.GetTable()
-        for name in ("Measurement", "Value"):
-            column = vtk.vtkStringArray()
-            column.SetName(name)
-            table.AddColumn(column)
-        for name, value in values.items():
-            if value is not None:
-                table.InsertNextBlankRow()
-                row = table.GetNumberOfRows() - 1
-                table.SetValue(row, 0, vtk.vtkVariant(name))
-                table.SetValue(row, 1, vtk.vtkVariant(f"{value:.4g}"))
-        table.InsertNextBlankRow()
-        table.SetValue(table.GetNumberOfRows() - 1, 0, vtk.vtkVariant(measurements.DISCLAIMER))
-        tableNode.Modified()
-        return values
-
-    def save(self, segmentationNode, volumeNode, folder):
-        """Write ``<photo>_mask.png`` and ``<photo>.seg.nrrd`` of the lesion segment as it is now."""
-        mask, segmentId = self.lesionMask(segmentationNode, volumeNode)
-        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-        terminology = vtk.reference("")
-        segment.GetTag(segment.GetTerminologyEntryTagName(), terminology)
-        spec = results.SegmentSpec(segment.GetName(), tuple(segment.GetColor()), str(terminology))
-        return results.write_results(mask, folder, volumeNode.GetName(), spec)
-
-    def startBatch(self, inputFolder, outputFolder, bundlePath, externalPython="", device="auto"):
-        client = self.worker(bundlePath, externalPython, device)
-        return client.submit(client.batch, inputFolder, outputFolder)
 
 
 class SkinLesionSegmentationTest(ScriptedLoadableModuleTest):
-    """Inside Slicer: load a photo, segment it in the worker, threshold, click, save. Every function it calls is
-    covered by pytest outside Slicer (tests/test_slicer_*.py)."""
+    """Inside Slicer, with its own data and no user settings: the module's sample photo loaded as Slicer loads it,
+    a probability map the test makes (so no bundle or PyTorch is needed), threshold, a Remove point placed and
+    moved, measure, save. The worker itself is tested outside Slicer (tests/test_slicer_*.py, the headless Logic on
+    Slicer Core)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_segment_threshold_click_save()
+        self.test_threshold_points_measure_save()
 
-    def test_segment_threshold_click_save(self):
+    def test_threshold_points_measure_save(self):
         import numpy as np
-        from PIL import Image
+        import vtk
 
-        folder = os.path.join(slicer.app.temporaryPath, "SkinLesionSegmentationTest")
-        os.makedirs(folder, exist_ok=True)
-        photo = np.full((120, 160, 3), (220, 180, 160), np.uint8)
-        rows, cols = np.mgrid[:120, :160]
-        photo[(rows - 30) ** 2 + (cols - 120) ** 2 < 20**2] = (120, 60, 50)
-        Image.fromarray(photo).save(os.path.join(folder, "photo.png"))
-        volume = slicer.util.loadVolume(os.path.join(folder, "photo.png"), {"singleFile": True})
-        self.assertEqual(slicer.util.arrayFromVolume(volume).shape, (1, 120, 160, 3))
+        photoPath = os.path.join(os.path.dirname(__file__), "Resources", "SampleData", SAMPLE_PHOTO)
+        volume = slicer.util.loadVolume(photoPath, {"singleFile": True})
+        rows, cols = slicer.util.arrayFromVolume(volume).shape[1:3]
+        grid_r, grid_c = np.mgrid[:rows, :cols]
+        probability = np.where((grid_r - rows // 2) ** 2 + (grid_c - cols // 2) ** 2 < (rows // 4) ** 2, 0.9, 0.1)
 
-        logic = SkinLesionSegmentationLogic()
-        try:  # with the bundle and Python chosen in the module
-            answer = logic.startSegmentation(volume, **logic.savedWorkerOptions()).result(timeout=600)
-            self.assertEqual(answer["prob"].shape, (120, 160))
-            logic.setProbability(volume, answer["prob"])
+        testLogic = logic.SkinLesionSegmentationLogic(os.path.join(slicer.app.temporaryPath, "SkinLesionTest"))
+        try:
+            testLogic.setProbability(volume, probability)
             segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-            logic.updateSegmentation(volume, segmentation, 0.5)
-            mask, segmentId = logic.lesionMask(segmentation, volume)
+            points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+            testLogic.setInteraction(volume, segmentation, 0.5, None, points)
+            mask, segmentId = testLogic.lesionMask(segmentation, volume)
             self.assertEqual(segmentation.GetSegmentation().GetSegment(segmentId).GetName(), "Skin lesion")
-            np.testing.assert_array_equal(mask, answer["pred"])
+            np.testing.assert_array_equal(mask, probability > 0.5)
 
-            forwards = answer["forward_count"]
-            logic.updateSegmentation(volume, segmentation, 0.99)
-            self.assertLessEqual(logic.lesionMask(segmentation, volume)[0].sum(), mask.sum())
-            self.assertEqual(logic.client.request("info")[0]["forward_count"], forwards)
-
-            threshold = 0.5 if mask.any() else 0.0
-            logic.updateSegmentation(volume, segmentation, threshold)
-            row, col = np.argwhere(logic.lesionMask(segmentation, volume)[0])[0]
             ijkToRas = vtk.vtkMatrix4x4()
             volume.GetIJKToRASMatrix(ijkToRas)
-            points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
-            points.AddControlPoint(list(ijkToRas.MultiplyPoint([float(col), float(row), 0.0, 1.0])[:3]))
-            logic.updateSegmentation(volume, segmentation, threshold, backgroundPoints=points)
-            self.assertEqual(logic.lesionMask(segmentation, volume)[0][row, col], 0)
+            points.AddControlPoint(list(ijkToRas.MultiplyPoint([cols // 2, rows // 2, 0.0, 1.0])[:3]))
+            self.assertEqual(testLogic.lesionMask(segmentation, volume)[0].sum(), 0)  # the lesion is removed
+            points.SetNthControlPointPosition(0, list(ijkToRas.MultiplyPoint([0.0, 0.0, 0.0, 1.0])[:3]))
+            np.testing.assert_array_equal(testLogic.lesionMask(segmentation, volume)[0], probability > 0.5)
 
-            png, seg = logic.save(segmentation, volume, folder)
-            self.assertEqual(Image.open(png).size, (160, 120))
-            self.assertTrue(os.path.isfile(seg))
+            table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode")
+            self.assertGreater(testLogic.measure(segmentation, volume, 0.0, table)["area_px"], 0)
+            png, seg = testLogic.save(segmentation, volume, os.path.join(slicer.app.temporaryPath, "SkinLesionTest"))
+            self.assertTrue(os.path.isfile(png) and os.path.isfile(seg))
         finally:
-            logic.cleanup()
+            testLogic.cleanup()
         self.delayDisplay("Test passed")

@@ -1,4 +1,5 @@
-"""Choosing a bundle: a bundle folder, or an exported bundle zip unpacked safely into a cache folder.
+"""Choosing a bundle: a bundle folder, or an exported bundle zip unpacked safely into a cache folder, or one
+downloaded from a URL and kept only if its SHA-256 is the one its sender gave.
 
 A bundle's configs and Python code run as code in the worker, so bundles should come from people you trust.
 Unpacking at least never writes outside its target folder: a zip with an absolute path, a ``..`` component, a
@@ -10,9 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -75,6 +80,14 @@ def _bundle_root_in(folder: Path, source: str | os.PathLike) -> Path:
     return candidates[0]
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def unpack_bundle_zip(zip_path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
     """Unpack a bundle zip into ``cache_dir/<name>-<hash>/`` once and return the bundle root inside it.
 
@@ -85,11 +98,7 @@ def unpack_bundle_zip(zip_path: str | os.PathLike, cache_dir: str | os.PathLike)
     zip_path = Path(zip_path).expanduser()
     if not zip_path.is_file():
         raise BundleChoiceError(f"{zip_path}: no such file")
-    digest = hashlib.sha256()
-    with open(zip_path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    target = Path(cache_dir) / f"{zip_path.stem}-{digest.hexdigest()[:12]}"
+    target = Path(cache_dir) / f"{zip_path.stem}-{_file_sha256(zip_path)[:12]}"
     if target.is_dir():
         return _bundle_root_in(target, zip_path)
     try:
@@ -108,6 +117,64 @@ def unpack_bundle_zip(zip_path: str | os.PathLike, cache_dir: str | os.PathLike)
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return _bundle_root_in(target, zip_path)
+
+
+def _sha256_hex(text: str) -> str:
+    """The hex digest of ``text``: a bare digest, or a ``sha256sum`` line (``<digest>  <name>``)."""
+    digest = (text or "").strip().split()[0].lower() if (text or "").strip() else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise BundleChoiceError(f"not a SHA-256 (64 hexadecimal digits): {text.strip()!r}")
+    return digest
+
+
+def download_bundle_zip(url: str, sha256: str, cache_dir: str | os.PathLike, timeout: float = 60.0) -> Path:
+    """Download a bundle zip from ``url`` into ``cache_dir/downloads/`` and check its SHA-256 before keeping it.
+
+    The file is hashed while it streams to a temporary name and renamed into place only when its digest equals
+    ``sha256``; a mismatch deletes it and raises. A zip already downloaded with that digest is not fetched again.
+
+    Raises:
+        BundleChoiceError: a URL that is not http(s), a download that fails, or a file with another SHA-256.
+    """
+    expected = _sha256_hex(sha256)
+    parsed = urllib.parse.urlsplit(url.strip())
+    if parsed.scheme not in ("https", "http") or not parsed.netloc:
+        raise BundleChoiceError(f"{url}: not an http(s) address")
+    name = PurePosixPath(urllib.parse.unquote(parsed.path)).name or "bundle.zip"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name if name.lower().endswith(".zip") else name + ".zip")
+    target = Path(cache_dir) / "downloads" / f"{expected[:12]}-{name}"
+    if target.is_file() and _file_sha256(target) == expected:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    digest, size = hashlib.sha256(), 0
+    try:
+        with os.fdopen(fd, "wb") as handle, urllib.request.urlopen(url.strip(), timeout=timeout) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                size += len(block)
+                if size > MAX_UNPACKED_BYTES:
+                    raise BundleChoiceError(f"{url}: refused, larger than {MAX_UNPACKED_BYTES / 1024**3:.0f} GiB")
+                digest.update(block)
+                handle.write(block)
+        if digest.hexdigest() != expected:
+            raise BundleChoiceError(f"{url}: refused, its SHA-256 is {digest.hexdigest()}, expected {expected}")
+        os.replace(partial, target)
+    except (OSError, ValueError) as err:
+        if isinstance(err, BundleChoiceError):
+            raise
+        if isinstance(err, urllib.error.HTTPError):
+            detail = f"HTTP {err.code} {err.reason}"
+        else:
+            detail = getattr(err, "reason", None) or err
+        raise BundleChoiceError(f"{url}: download failed ({detail})") from None
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    return target
+
+
+def fetch_bundle(url: str, sha256: str, cache_dir: str | os.PathLike) -> Path:
+    """A bundle zip downloaded from ``url`` (SHA-256 checked) and unpacked: the bundle root, as a folder."""
+    return unpack_bundle_zip(download_bundle_zip(url, sha256, cache_dir), cache_dir)
 
 
 def resolve_bundle(choice: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
@@ -134,16 +201,3 @@ def output_channel_def(metadata: dict) -> dict:
     outputs = metadata.get("network_data_format", {}).get("outputs", {})
     pred = outputs.get("pred") or next(iter(outputs.values()), {})
     return dict(pred.get("channel_def", {}))
-
-
-def python_requirements(metadata: dict) -> list[str]:
-    """pip requirements for running the bundle in Slicer's Python, from its metadata (torch comes separately).
-
-    MONAI at the version the bundle records or newer, and every package in ``required_packages_version`` likewise.
-    """
-    requirements = []
-    if metadata.get("monai_version"):
-        requirements.append(f"monai>={metadata['monai_version']}")
-    for name, version in sorted(metadata.get("required_packages_version", {}).items()):
-        requirements.append(f"{name}>={version}" if version else name)
-    return requirements

@@ -12,6 +12,7 @@ import collections
 import concurrent.futures
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -44,6 +45,11 @@ class WorkerDied(WorkerError):
     """The worker process ended while the module was waiting for it."""
 
 
+class WorkerTimeout(WorkerError):
+    """The worker neither answered nor printed anything for ``request_timeout`` seconds (suspended or hung); it was
+    stopped, and the next request starts a new one."""
+
+
 def kill_process_tree(process: subprocess.Popen) -> None:
     """End ``process`` and everything it started, and reap it.
 
@@ -72,6 +78,8 @@ class WorkerClient:
         env: the worker's environment; from Slicer, the environment Slicer started with for an external Python.
         log: called with each line the worker prints (progress, warnings), from a background thread.
         start_timeout: seconds to wait for the worker to load the bundle.
+        request_timeout: seconds a request may go without an answer or a line of output from the worker (a folder
+            prints a line per photo) before the worker is taken for hung, stopped, and the request fails.
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class WorkerClient:
         env: dict | None = None,
         log: Callable[[str], None] | None = None,
         start_timeout: float = 600.0,
+        request_timeout: float = 600.0,
     ) -> None:
         self.python = [str(python)] if isinstance(python, (str, os.PathLike)) else [str(p) for p in python]
         self.bundle_root = str(bundle_root)
@@ -91,6 +100,7 @@ class WorkerClient:
         self.env = dict(env if env is not None else os.environ)
         self.log = log
         self.start_timeout = start_timeout
+        self.request_timeout = request_timeout
         self.lines: collections.deque[str] = collections.deque(maxlen=200)
         self.info: dict = {}
         self._process: subprocess.Popen | None = None
@@ -100,7 +110,9 @@ class WorkerClient:
         self._ready = threading.Event()
         self._cancelled = False
         self._busy = False
+        self._starting = False
         self._closed = False
+        self._last_activity = time.monotonic()
         self._lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="skin-lesion")
 
@@ -115,79 +127,91 @@ class WorkerClient:
         return self._process.pid if self._process is not None else None
 
     def start(self) -> dict:
-        """Start the worker if it is not running and wait until it has loaded the bundle; returns its info."""
+        """Start the worker if it is not running and wait until it has loaded the bundle; returns its info.
+
+        :meth:`cancel`, :meth:`stop` and :meth:`close` end a start in progress at once (it raises
+        :class:`WorkerCancelled`).
+        """
         with self._lock:
             if self._closed:
                 raise WorkerError("the worker client was closed")
             if self.running:
                 return self.info
-            self.lines.clear()
-            if self._process is not None:
-                code = self._process.poll()
-                self._kill()
-                self._emit(f"the previous worker had stopped (exit code {code}); starting a new one")
-            self._cancelled = False
-            self._ready.clear()
-            self._token = protocol.new_token()
-            command = [
-                *self.python,
-                str(WORKER_SCRIPT),
-                "--bundle",
-                self.bundle_root,
-                "--device",
-                self.device,
-                "--overrides",
-                json.dumps(self.overrides),
-            ]
-            options = (
-                {"start_new_session": True}
-                if os.name == "posix"
-                else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+            self._cancelled = False  # from here on, cancel() ends this start
+            self._starting = True
+            try:
+                return self._start_locked()
+            finally:
+                self._starting = False
+
+    def _start_locked(self) -> dict:
+        self.lines.clear()
+        if self._process is not None:
+            code = self._process.poll()
+            self._kill()
+            self._emit(f"the previous worker had stopped (exit code {code}); starting a new one")
+        self._ready.clear()
+        self._token = protocol.new_token()
+        command = [
+            *self.python,
+            str(WORKER_SCRIPT),
+            "--bundle",
+            self.bundle_root,
+            "--device",
+            self.device,
+            "--overrides",
+            json.dumps(self.overrides),
+        ]
+        options = (
+            {"start_new_session": True}
+            if os.name == "posix"
+            else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        )
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                bufsize=1,
+                env={**self.env, "PYTHONUNBUFFERED": "1"},
+                **options,
             )
-            try:
-                process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    encoding="utf-8",
-                    errors="replace",
-                    bufsize=1,
-                    env={**self.env, "PYTHONUNBUFFERED": "1"},
-                    **options,
-                )
-            except OSError as err:
-                raise WorkerStartError(f"cannot run the worker with {self.python[0]}: {err.strerror or err}") from None
-            self._process = process
-            process.stdin.write(self._token + "\n")
-            process.stdin.flush()  # stdin stays open: the worker exits when it closes
-            self._reader = threading.Thread(target=self._read_output, args=(process,), daemon=True, name="worker-out")
-            self._reader.start()
-            deadline = time.monotonic() + self.start_timeout
-            while not self._ready.wait(0.05):
-                if self._cancelled:
-                    self._kill()
-                    raise WorkerCancelled("cancelled while the worker was starting")
-                if process.poll() is not None:
-                    self._reader.join(timeout=5)  # its last lines say why
-                    self._kill()
-                    raise WorkerStartError(f"the worker did not start ({self.python[0]}): {self._last_error()}")
-                if time.monotonic() > deadline:
-                    self._kill()
-                    raise WorkerStartError(f"the worker did not get ready within {self.start_timeout:.0f} s")
-            try:
-                self._socket = socket.create_connection((protocol.HOST, int(self.info["port"])), timeout=30)
-                self._socket.settimeout(None)
-            except OSError as err:
+        except OSError as err:
+            raise WorkerStartError(f"cannot run the worker with {self.python[0]}: {err.strerror or err}") from None
+        self._process = process
+        process.stdin.write(self._token + "\n")
+        process.stdin.flush()  # stdin stays open: the worker exits when it closes
+        self._reader = threading.Thread(target=self._read_output, args=(process,), daemon=True, name="worker-out")
+        self._reader.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self._ready.wait(0.05):
+            if self._cancelled:
                 self._kill()
-                raise WorkerStartError(f"cannot connect to the worker: {err}") from None
-            # The first request authenticates the connection at once; the worker drops connections that stay silent.
-            self.info = {**self.info, **self._exchange("info", {}, {})[0]}
-            return self.info
+                raise WorkerCancelled("cancelled while the worker was starting")
+            if process.poll() is not None:
+                self._reader.join(timeout=5)  # its last lines say why
+                self._kill()
+                raise WorkerStartError(f"the worker did not start ({self.python[0]}): {self._last_error()}")
+            if time.monotonic() > deadline:
+                self._kill()
+                raise WorkerStartError(f"the worker did not get ready within {self.start_timeout:.0f} s")
+        try:
+            self._socket = socket.create_connection((protocol.HOST, int(self.info["port"])), timeout=30)
+            self._socket.settimeout(None)
+        except OSError as err:
+            self._kill()
+            raise WorkerStartError(f"cannot connect to the worker: {err}") from None
+        # The first request authenticates the connection at once; the worker drops connections that stay silent.
+        self.info = {**self.info, **self._exchange("info", {}, {})[0]}
+        return self.info
 
     def _read_output(self, process: subprocess.Popen) -> None:
         for line in process.stdout:
+            self._last_activity = time.monotonic()
             line = line.rstrip("\n")
             if line.startswith(protocol.READY_PREFIX):
                 self.info = json.loads(line[len(protocol.READY_PREFIX) :])
@@ -235,13 +259,14 @@ class WorkerClient:
             kill_process_tree(self._process)
 
     def stop(self) -> None:
-        """Ask the worker to exit (cancelling a request in progress), then make sure its process tree is gone."""
-        if self._busy:
+        """Ask the worker to exit (cancelling a request or a start in progress), then make sure its process tree is
+        gone. Returns as soon as the tree is ended: it never waits for a start or a request to finish."""
+        if self._busy or self._starting:
             self.cancel()
         with self._lock:
             if self.running:
                 try:
-                    self._exchange("shutdown", {}, {})
+                    self._exchange("shutdown", {}, {}, timeout=5.0)  # a hung worker is killed below
                     self._process.wait(timeout=10)
                 except (WorkerError, subprocess.TimeoutExpired):
                     pass
@@ -256,11 +281,25 @@ class WorkerClient:
 
     # -- requests -------------------------------------------------------------------------------------------------
 
-    def _exchange(self, command: str, params: dict, arrays: dict) -> tuple[dict, dict]:
+    def _wait_for_answer(self, command: str, timeout: float) -> None:
+        """Wait until the worker's answer starts arriving; while it prints output it is taken as alive."""
+        self._last_activity = time.monotonic()
+        while not select.select([self._socket], [], [], 0.1)[0]:
+            if self._cancelled:
+                return  # the socket was shut down: the read that follows fails and reports the cancel
+            if time.monotonic() - self._last_activity > timeout:
+                self._kill()
+                raise WorkerTimeout(
+                    f"the worker did not answer '{command}' within {timeout:g} s (suspended or hung?); "
+                    "it was stopped, and the next request starts a new one"
+                )
+
+    def _exchange(self, command: str, params: dict, arrays: dict, timeout: float | None = None) -> tuple[dict, dict]:
         try:
             protocol.send_message(self._socket, {"token": self._token, "command": command, "params": params}, arrays)
+            self._wait_for_answer(command, self.request_timeout if timeout is None else timeout)
             header, out = protocol.receive_message(self._socket)
-        except (OSError, AttributeError, protocol.ProtocolError):
+        except (OSError, ValueError, AttributeError, protocol.ProtocolError):
             if self._cancelled:
                 self._kill()
                 raise WorkerCancelled("cancelled; the worker was stopped") from None

@@ -59,10 +59,13 @@ def receive_header(sock: socket.socket) -> dict:
     (length,) = _LENGTH.unpack(_recv_exact(sock, _LENGTH.size))
     if length > MAX_HEADER_BYTES:
         raise ProtocolError(f"message header of {length} bytes exceeds {MAX_HEADER_BYTES}")
+    body = _recv_exact(sock, length)
     try:
-        header = json.loads(_recv_exact(sock, length).decode("utf-8"))
+        header = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise ProtocolError(f"message header is not JSON ({err})") from None
+    except RecursionError:  # e.g. 100000 nested brackets: refused like any other malformed header
+        raise ProtocolError("message header is nested too deeply") from None
     if not isinstance(header, dict) or not isinstance(header.get("arrays", []), list):
         raise ProtocolError("message header is not a JSON object with an 'arrays' list")
     return header

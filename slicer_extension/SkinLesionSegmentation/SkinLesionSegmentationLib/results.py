@@ -27,14 +27,16 @@ class SegmentSpec:
     terminology: str
 
 
-# SNOMED CT: 49755003 "Morphologically altered structure", 95324001 "Skin lesion", 39937001 "Skin structure".
+# SNOMED CT 95324001 "Skin lesion" under 49755003 "Morphologically altered structure". Slicer's own lists do not
+# have that type, so the extension ships it: Resources/SegmentationCategoryTypeModifier-SkinLesionSegmentation.term.json
+# (TERMINOLOGY_CONTEXT is its name), which the module loads into Slicer's Terminologies module at start-up.
+TERMINOLOGY_CONTEXT = "Segmentation category and type - Skin Lesion Segmentation"
 SKIN_LESION = SegmentSpec(
     name="Skin lesion",
-    color=(0.894, 0.424, 0.039),
+    color=(0.894, 0.424, 0.039),  # the .term.json's recommended colour, (228, 108, 10) / 255
     terminology=(
-        "Segmentation category and type - 3D Slicer General Anatomy list"
-        "~SCT^49755003^Morphologically Altered Structure~SCT^95324001^Skin lesion~^^"
-        "~Anatomic codes - DICOM master list~SCT^39937001^Skin~^^"
+        f"{TERMINOLOGY_CONTEXT}~SCT^49755003^Morphologically Altered Structure~SCT^95324001^Skin lesion~^^"
+        "~Anatomic codes - DICOM master list~^^~^^"
     ),
 )
 _KNOWN_CHANNELS = {"lesion": SKIN_LESION, "skin lesion": SKIN_LESION}

@@ -67,7 +67,9 @@ class BundleModel:
         device_overrides = {"device": f"$torch.device('{device}')"}
         if device == "cpu":
             device_overrides["amp"] = False
-        self.segmenter = LesionSegmenter(bundle_root=self.bundle_root, overrides={**self.overrides, **device_overrides})
+        # No writer: a folder's results are written by batch(), as a mask PNG and a .seg.nrrd, where the user chose.
+        overrides = {**self.overrides, **device_overrides, "writer": None}
+        self.segmenter = LesionSegmenter(bundle_root=self.bundle_root, overrides=overrides)
         self.device = device
 
     def _fall_back(self, err: BaseException) -> None:
@@ -119,29 +121,33 @@ class BundleModel:
     def batch(self, input_path: str, output_dir: str) -> dict:
         """Segment every photo of a folder (or a datalist), writing ``<stem>_mask.png`` and ``<stem>.seg.nrrd``.
 
-        Photos are listed and read by the bundle's own functions; a photo that fails is reported and skipped.
+        Photos are listed by the bundle's ``list_images`` and segmented by its ``SegmentationRunner.run``, the
+        command line's path (each photo decoded at the working size, at most one at a time in memory); the results
+        are written from its ``on_result`` callback. A photo that fails is reported and skipped.
         """
         import numpy as np
 
         from bundle.data import file_stem, list_images
-        from bundle.images import read_photo
-        from bundle.inference import describe_error
 
         items = list_images(input_path)
         if not items:
             raise ValueError(f"{input_path}: no photos found")
-        written, failures = [], []
-        for index, item in enumerate(items, start=1):
-            source = str(item["image"])
-            try:
-                mask = self.segment(np.asarray(read_photo(source)))["pred"]
-                png, seg = results.write_results(mask, output_dir, file_stem(source), self.spec)
-                written.append([source, str(png), str(seg)])
-                print(f"PROGRESS {index}/{len(items)} {source}", flush=True)
-            except Exception as err:  # noqa: BLE001 - one line per photo, the others go on
-                reason = describe_error(source, err)
-                failures.append([source, reason])
-                print(f"PROGRESS {index}/{len(items)} ERROR {reason}", flush=True)
+        written: list[list[str]] = []
+        failures: list[list[str]] = []
+        count = len(items)
+
+        def on_result(source: str, result: dict) -> None:
+            mask = np.asarray(result["pred"].detach().cpu(), dtype=np.uint8).T  # the runner's (W, H) as (rows, cols)
+            png, seg = results.write_results(mask, output_dir, file_stem(source), self.spec)
+            self.forward_count += 1
+            written.append([source, str(png), str(seg)])
+            print(f"PROGRESS {len(written) + len(failures)}/{count} {source}", flush=True)
+
+        def on_failure(source: str, reason: str) -> None:
+            failures.append([source, reason])
+            print(f"PROGRESS {len(written) + len(failures)}/{count} ERROR {reason}", flush=True)
+
+        self.segmenter.runner.run(items, on_failure=on_failure, keep_results=False, on_result=on_result)
         return {"written": written, "failures": failures}
 
 
@@ -154,30 +160,46 @@ class Worker:
         self.lock = threading.Lock()
         self.server: socketserver.ThreadingTCPServer | None = None
 
-    def handle(self, command: str, params: dict, arrays: dict):
-        if command == "info":
-            return self.model.info(), {}
-        if command == "segment":
-            started = time.perf_counter()
-            output = self.model.segment(arrays["image"])
-            summary = {
-                "seconds": time.perf_counter() - started,
-                "forward_count": self.model.forward_count,
-                "device": self.model.device,
-            }
-            return summary, output
-        if command == "batch":
-            return self.model.batch(str(params["input"]), str(params["output_dir"])), {}
-        if command == "shutdown":
-            threading.Thread(target=self.server.shutdown, daemon=True).start()
-            return {"stopping": True}, {}
-        raise ValueError(f"unknown command {command!r}")
+    def handle(self, command: str, params: dict, arrays: dict) -> tuple[dict, dict]:
+        """Answer one request: ``(result, arrays)``. A new kind of request is one ``request_<command>`` method."""
+        handler = getattr(self, f"request_{command}", None) if command.isidentifier() else None
+        if handler is None:
+            raise ValueError(f"unknown command {command!r}")
+        return handler(params, arrays)
+
+    def request_info(self, params: dict, arrays: dict) -> tuple[dict, dict]:
+        return self.model.info(), {}
+
+    def request_segment(self, params: dict, arrays: dict) -> tuple[dict, dict]:
+        if "image" not in arrays:
+            raise ValueError("a segment request carries no 'image' array")
+        started = time.perf_counter()
+        output = self.model.segment(arrays["image"])
+        summary = {
+            "seconds": time.perf_counter() - started,
+            "forward_count": self.model.forward_count,
+            "device": self.model.device,
+        }
+        return summary, output
+
+    def request_batch(self, params: dict, arrays: dict) -> tuple[dict, dict]:
+        return self.model.batch(str(params["input"]), str(params["output_dir"])), {}
+
+    def request_shutdown(self, params: dict, arrays: dict) -> tuple[dict, dict]:
+        threading.Thread(target=self.server.shutdown, daemon=True).start()
+        return {"stopping": True}, {}
 
     def serve(self) -> None:
         worker = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self):
+                try:
+                    self.serve_connection()
+                except Exception as err:  # noqa: BLE001 - one line in the log, never a traceback; the worker goes on
+                    logger.warning("dropped a connection: %s", one_line(err))
+
+            def serve_connection(self):
                 sock: socket.socket = self.request
                 sock.settimeout(AUTH_TIMEOUT_S)
                 authenticated = False
@@ -194,10 +216,11 @@ class Worker:
                         sock.settimeout(None)
                     try:
                         arrays = protocol.receive_arrays(sock, header)
+                        params = header.get("params") or {}
+                        if not isinstance(params, dict):
+                            raise ValueError("the request's 'params' is not a JSON object")
                         with worker.lock:
-                            result, out_arrays = worker.handle(
-                                str(header.get("command")), header.get("params") or {}, arrays
-                            )
+                            result, out_arrays = worker.handle(str(header.get("command")), params, arrays)
                         reply, reply_arrays = {"ok": True, "result": result}, out_arrays
                     except protocol.ProtocolError:
                         return
