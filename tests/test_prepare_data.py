@@ -222,7 +222,7 @@ def test_unpaired_and_unreadable_files_are_reported_and_left_out(tmp_path, capsy
         "ISIC_0000102.jpg": "truncated",
         "ISIC_0000103_segmentation.png": "empty file",
         "ISIC_0000104.jpg": "not an image",
-        "ISIC_0000105_segmentation.png": "mask 12x16 differs from its image 16x12",
+        "ISIC_0000105_segmentation.png": "mask is 12x16 but its photo",
     }
     assert len(lines) == len(expected)
     for name, reason in expected.items():
