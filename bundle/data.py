@@ -525,6 +525,8 @@ def groups_apart(
     Raises:
         ConfigError, DataError: as :func:`item_groups`, or naming a group found in two splits and a photo of each.
     """
+    if not str(group_by).strip():
+        return
     seen: dict[str, tuple[str, str]] = {}
     for key, items in splits.items():
         for item, group in zip(items, item_groups(items, group_by, root) or [], strict=True):

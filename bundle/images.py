@@ -208,7 +208,7 @@ def _labelmap_values(path: str) -> np.ndarray:
         return nrrd.read(path, index_order="F")[0]
     import itk
 
-    return np.asarray(itk.array_view_from_image(itk.imread(path))).T  # ITK's arrays are (z, y, x)
+    return itk.array_from_image(itk.imread(path)).T  # ITK's arrays are (z, y, x); a copy, not a view
 
 
 def read_mask_values(path: str | os.PathLike) -> np.ndarray:

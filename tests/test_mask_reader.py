@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 
+import itk
 import nibabel as nib
 import nrrd
 import numpy as np
@@ -54,6 +55,8 @@ def mask_files(folder) -> dict[str, str]:
     paths["slicer.nrrd"] = str(folder / "slicer.nrrd")
     header = {"space": "left-posterior-superior", "space directions": np.eye(3), "space origin": np.zeros(3)}
     nrrd.write(paths["slicer.nrrd"], voxels, header, index_order="F")
+    paths["slicer.mha"] = str(folder / "slicer.mha")  # ITK's arrays are (z, y, x)
+    itk.imwrite(itk.image_from_array(np.ascontiguousarray(voxels.transpose(2, 1, 0))), paths["slicer.mha"])
     return paths
 
 
