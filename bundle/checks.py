@@ -243,7 +243,7 @@ def training_splits(
         if "no key 'validation'" not in str(error) and "no split 'validation'" not in str(error):
             raise
         validation = []
-    root = dataset_dir or os.path.dirname(os.path.abspath(datalist or "."))
+    root = _data_root(dataset_dir, datalist)
     if validation:
         groups_apart({"training": training, "validation": validation}, group_by, root)
         return {"training": training, "validation": validation}
@@ -271,6 +271,11 @@ def training_splits(
     return parts
 
 
+def _data_root(dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None) -> str:
+    """Where relative paths start (``bundle.data.load_datalist``'s rule), for folder-level groups."""
+    return str(dataset_dir or os.path.dirname(os.path.abspath(datalist or ".")))
+
+
 def evaluation_pairs(
     dataset_dir: str | os.PathLike | None,
     datalist: str | os.PathLike | None,
@@ -292,7 +297,7 @@ def evaluation_pairs(
             training = load_datalist(dataset_dir, datalist, key="training", group_by=group_by)
         except DataError:  # nothing was trained on from this datalist
             training = []
-        groups_apart({"training": training, key: items}, group_by, dataset_dir or os.path.dirname(str(datalist)))
+        groups_apart({"training": training, key: items}, group_by, _data_root(dataset_dir, datalist))
     items = original_files(items)
     return checked_pairs(items, key, skip_bad_pairs, working_size, str(datalist or dataset_dir))
 

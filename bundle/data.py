@@ -95,7 +95,6 @@ DATALIST_NAME = "datalist.json"
 _DOUBLE_EXTENSIONS = (".nii.gz",)
 _MAX_LISTED_MISSING = 5
 _MAX_LISTED_SKIPPED = 20
-CSV_COLUMNS = ("image", "label", "split")
 _CSV_FORMAT = (
     'a CSV datalist is a header row naming the columns "image" and "label" (the mask; optional for inference) and '
     'optionally "split" (training, validation or test), then one row per photo, paths relative to the data folder'
@@ -264,11 +263,12 @@ def list_images(path: str | os.PathLike, key: str = "test") -> list[dict[str, st
 
     Args:
         path: one of
-            - a folder: its image files (by extension, not recursive, sorted by name); when it holds none but has an
+            - a folder: its image files (by extension, not recursive, sorted by name), less the masks lying beside
+              their photos (``<photo>_segmentation``, ``_mask``, ``_lesion``); when it holds none but has an
               ``images`` subfolder, that subfolder's images;
             - an image file;
-            - a datalist JSON file: the images of split ``key``. Where an item has ``image_orig`` (a resized cache),
-              the original is listed, so that predictions come out at the original resolution.
+            - a datalist file (JSON or CSV): the images of split ``key``. Where an item has ``image_orig`` (a resized
+              cache), the original is listed, so that predictions come out at the original resolution.
         key: the split to read from a datalist file.
 
     Returns:
@@ -298,12 +298,12 @@ def list_images(path: str | os.PathLike, key: str = "test") -> list[dict[str, st
             )
         _log_skipped(folder, images)
         return [{"image": str(p.resolve())} for p in images]
-    if path.is_file() and path.suffix.lower() == ".json":
+    if path.is_file() and path.suffix.lower() in (".json", ".csv"):
         return inference_inputs("", path, key)
     if path.is_file() and has_extension(path, IMAGE_EXTENSIONS):
         return [{"image": str(path.resolve())}]
     if path.is_file():
-        raise DataError(f"{path} is neither an image (a format Pillow reads) nor a datalist .json file.")
+        raise DataError(f"{path} is neither an image (a format Pillow reads) nor a datalist (.json or .csv).")
     raise DataError(f"{path} does not exist.")
 
 
@@ -336,8 +336,8 @@ def inference_inputs(
     dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None = "", key: str = "test"
 ) -> list[dict[str, str]]:
     """
-    The images inference segments: split ``key`` of ``datalist`` when one is given, else :func:`list_images` of
-    ``dataset_dir``.
+    The images inference segments: split ``key`` of ``datalist`` when one is given (every row of a CSV datalist
+    without a ``split`` column), else :func:`list_images` of ``dataset_dir``.
 
     A datalist is read by :func:`load_datalist` with the same path rule as training and evaluation (relative
     entries start from ``dataset_dir``, or from the datalist's folder when ``dataset_dir`` is empty). Where an item
@@ -349,9 +349,10 @@ def inference_inputs(
     if not datalist:
         return list_images(dataset_dir or ".")
     path = Path(datalist).expanduser()
-    if _is_csv(path) and path.is_file() and not _csv_rows(path)[1]:  # no split column: every row
+    rows, given = _csv_rows(path) if _is_csv(path) and path.is_file() else ([], True)
+    if not given:  # a CSV without a split column: every row
         base = Path(dataset_dir).expanduser().resolve() if dataset_dir else path.resolve().parent
-        items = [_absolute_item(row, base, path, key) for row in _csv_rows(path)[0]]
+        items = [_absolute_item(row, base, path, key) for row in rows]
         _check_files_exist(items, f"datalist file {path}")
     else:
         items = load_datalist(dataset_dir, datalist, key)

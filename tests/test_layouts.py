@@ -5,6 +5,7 @@ that also holds the masks. Each either works or is refused in one line that says
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import shutil
@@ -152,21 +153,22 @@ def test_given_splits_that_share_a_patient_are_refused_with_group_by(tmp_path, i
 
 
 @pytest.mark.slow
-def test_the_command_lines_on_a_patient_csv_and_an_isic_folder(tmp_path, isic_val):
-    """Training and evaluation with a CSV datalist grouped by patient, inference on an ISIC folder with masks."""
+def test_the_readme_commands_on_patient_folders_and_inference_on_an_isic_folder(tmp_path, isic_val):
+    """Training and evaluation on one folder per patient with --group_by 1, as the README has them, and inference on
+    an ISIC folder that holds the masks too."""
     root = patient_folders(tmp_path / "clinic", isic_val)
-    rows = sorted(p.relative_to(root).as_posix() for p in root.glob("*/IMG_*[0-9].jpg"))
-    lines = [f"{row},{row[:-4]}_mask.png,{row.split('/')[0]}" for row in rows]
-    datalist = write_csv(root / "list.csv", ["image,label,patient", *lines])
-    common = ("--datalist", str(datalist), "--group_by", "patient", "--bundle_root", str(tmp_path / "run"),
+    common = ("--dataset_dir", str(root), "--group_by", "1", "--bundle_root", str(tmp_path / "run"),
               "--backbone", "resnet34", "--image_size", "64", "--num_workers", "0")  # fmt: skip
     proc = run_bundle("run", "training", "--config_file", "configs/train.json", "--max_epochs", "1", *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "models" / "model.pt").is_file()
     proc = run_bundle("run", "--config_file", "['configs/train.json','configs/evaluate.json']", *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    scored = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["scored"]
-    assert scored["images"] == len(load_datalist("", datalist, key="test", group_by="patient"))
+    rows = list(csv.DictReader((tmp_path / "run" / "eval" / "metrics_original.csv").open()))
+    test = load_datalist(root, key="test", group_by=1)
+    assert len(rows) == len(test) > 0
+    trained = {patient_of(item) for item in training_splits(root, group_by=1)["training"]}
+    assert not trained & {patient_of(item) for item in test}
 
     folder = isic_one_folder(tmp_path / "isic", isic_val, ISIC[:3])
     proc = run_bundle("run", "--config_file", "configs/inference.json", "--dataset_dir", str(folder),
