@@ -5,7 +5,6 @@ that also holds the masks. Each either works or is refused in one line that says
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import shutil
@@ -164,9 +163,9 @@ def test_the_readme_commands_on_patient_folders_and_inference_on_an_isic_folder(
     assert (tmp_path / "run" / "models" / "model.pt").is_file()
     proc = run_bundle("run", "--config_file", "['configs/train.json','configs/evaluate.json']", *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = list(csv.DictReader((tmp_path / "run" / "eval" / "metrics_original.csv").open()))
+    scored = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["scored"]
     test = load_datalist(root, key="test", group_by=1)
-    assert len(rows) == len(test) > 0
+    assert scored["images"] == len(test) > 0
     trained = {patient_of(item) for item in training_splits(root, group_by=1)["training"]}
     assert not trained & {patient_of(item) for item in test}
 
