@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
         --port) port="$2"; shift 2 ;;
         --venv) venv="$2"; venv_from="--venv"; shift 2 ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         -*) echo "ERROR unknown option $1 (see --help)" >&2; exit 2 ;;
         *) positional+=("$1"); shift ;;
     esac

@@ -67,3 +67,11 @@ def test_bad_arguments_create_nothing(tmp_path):
         line = one_error_line(serve(tmp_path, *args, venv=venv))
         assert line.startswith(expected), (args, line)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no monailabel-apps/, no apps/
+
+
+def test_help_lists_every_option_and_creates_nothing(tmp_path):
+    proc = serve(tmp_path, "--help")
+    assert proc.returncode == 0 and proc.stderr == ""
+    for option in ("--apps DIR", "--host ADDR", "--port N", "--venv DIR", "RFE_MONAILABEL_VENV"):
+        assert option in proc.stdout, option
+    assert "set -euo" not in proc.stdout and not list(tmp_path.iterdir())
