@@ -11,8 +11,12 @@ Every pair is read once (photos at the working size where the format allows, whi
   and colour-on-black masks pass and are thresholded at half, as ``bundle.images.lesion_binary`` does;
 - empty and full masks are named in a warning, and a split where every mask is empty (or every one full) is refused.
 
-With ``skip_bad_pairs`` the bad pairs are left out and listed instead. Training without validation pairs validates
-on a share of its training pairs (:func:`training_splits`), so that a best model is chosen and ``model.pt`` written.
+With ``skip_bad_pairs`` the bad pairs are left out and listed instead. Training checks whatever pairs its datasets
+end up with, whoever supplied the lists (the command line, MONAI Label, a user's Python): ``configs/train.json``
+builds them with :func:`checked_dataset`. Training without validation pairs validates on a share of its training
+pairs (:func:`training_splits`), so that a best model is chosen and ``model.pt`` written. ``scripts/prepare_data.py``
+and evaluation (:func:`evaluation_pairs`) use the same :func:`check_pair`, so all of them accept and refuse the same
+pairs.
 """
 
 from __future__ import annotations
@@ -26,13 +30,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from bundle.data import has_extension, load_datalist, split_items
+from bundle.data import groups_apart, item_groups, load_datalist, original_files, split_items
 from bundle.errors import BadInputError, DataError
-from bundle.images import EXIF_ORIENTATION, displayed_size, lesion_binary, read_photo
+from bundle.images import EXIF_ORIENTATION, displayed_size, lesion_binary, read_mask_values, read_photo
 
-__all__ = ["MAX_IN_BETWEEN_SHARE", "check_pair", "checked_pairs", "require_validation", "training_splits"]
+__all__ = [
+    "MAX_IN_BETWEEN_SHARE",
+    "check_pair",
+    "checked_dataset",
+    "checked_pairs",
+    "evaluation_pairs",
+    "require_validation",
+    "training_splits",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +52,6 @@ LEVEL_TOLERANCE = 0.1  # a value within 10 % of the mask's maximum from 0 or fro
 MAX_IN_BETWEEN_SHARE = 0.05
 LABEL_MAP_VALUES = 8  # at most this many distinct values, some of them in between: several labels
 VALIDATION_SHARE = 0.1  # of the training pairs, when a data set has no validation pairs
-_PIL_MASKS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".gif")
 _LISTED = 5
 
 
@@ -51,19 +62,6 @@ class PairCheck:
     item: dict[str, Any]
     problem: str | None = None
     lesion_share: float = 0.0
-
-
-def _read_mask_values(path: str) -> tuple[tuple[int, int], np.ndarray]:
-    """(width, height) and the mask's values with channels last, as stored (masks carry no EXIF orientation)."""
-    if has_extension(path, _PIL_MASKS):
-        with Image.open(path) as opened:
-            return opened.size, np.asarray(opened)
-    from monai.transforms import LoadImage  # NIfTI, NRRD, MetaImage: MONAI's readers, as training loads them
-
-    values = np.asarray(LoadImage(image_only=True)(path))
-    while values.ndim > 2 and values.shape[-1] == 1:
-        values = values[..., 0]
-    return (int(values.shape[0]), int(values.shape[1])), values.swapaxes(0, 1)  # MONAI's (W, H) → (H, W)
 
 
 def _levels_problem(values: np.ndarray) -> str | None:
@@ -103,11 +101,11 @@ def check_pair(item: Mapping[str, Any], working_size: int | None = None) -> Pair
     if mask is None:
         return check
     try:
-        mask_size, values = _read_mask_values(str(mask))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError) as error:
-        reason = "empty file" if os.path.isfile(mask) and os.path.getsize(mask) == 0 else f"cannot read mask ({error})"
-        check.problem = f"{mask}: {' '.join(reason.split())}"
+        values = read_mask_values(str(mask))
+    except BadInputError as error:
+        check.problem = str(error)
         return check
+    mask_size = (int(values.shape[1]), int(values.shape[0]))
     if mask_size != photo_size:
         hint = " (the photo's EXIF orientation turns it: save the mask as the photo is displayed)" if rotated else ""
         check.problem = (
@@ -151,8 +149,17 @@ def checked_pairs(
     where = f"the {split} split" + (f" of {source}" if source else "")
     if not items:
         raise DataError(f"{where} holds no image/mask pairs.")
+    if not any("label" in item for item in items):
+        keys = sorted({key for item in items for key in item})
+        raise DataError(
+            f'no entry of {where} names a mask under "label" (their keys: {", ".join(keys)}): each entry is '
+            '{"image": "x.jpg", "label": "x_mask.png"}.'
+        )
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="rfe-check") as pool:
         checks = list(pool.map(lambda item: check_pair(item, working_size), items))
+    for c in checks:
+        if "label" not in c.item and not c.problem:
+            c.problem = f'{c.item["image"]}: its entry names no mask ("label")'
     bad = [c.problem for c in checks if c.problem]
     for line in bad:
         logger.error("%s (%s)", line, "left out" if skip_bad_pairs else where)
@@ -178,49 +185,121 @@ def checked_pairs(
     return [c.item for c in good]
 
 
+def checked_dataset(
+    data: Sequence[Mapping[str, Any]],
+    transform: Any,
+    split: str = "training",
+    skip_bad_pairs: bool = False,
+    working_size: int | None = None,
+    **cache_args: Any,
+):
+    """A MONAI ``CacheDataset`` of the pairs of ``data`` that pass :func:`checked_pairs`, checked before anything
+    is decoded.
+
+    ``configs/train.json`` builds its training and validation datasets with this, so the pairs are checked whoever
+    set ``train#dataset#data`` / ``validate#dataset#data`` (MONAI Label replaces both with its own lists).
+
+    Args:
+        data: the ``{"image", "label"}`` items.
+        transform: the dataset's transform.
+        split: ``"training"`` or ``"validation"``, for the messages; an empty validation list is refused by
+            :func:`require_validation`.
+        skip_bad_pairs: leave bad pairs out instead of refusing.
+        working_size: the network's input size (photos are decoded no larger than needed).
+        cache_args: passed on to ``CacheDataset`` (``cache_rate``, ``num_workers``, ``progress``...).
+
+    Raises:
+        DataError: as :func:`checked_pairs` and :func:`require_validation`.
+    """
+    from monai.data import CacheDataset
+
+    if split == "validation":
+        require_validation(data)
+    return CacheDataset(checked_pairs(data, split, skip_bad_pairs, working_size), transform, **cache_args)
+
+
 def training_splits(
     dataset_dir: str | os.PathLike | None,
     datalist: str | os.PathLike | None = None,
-    skip_bad_pairs: bool = False,
-    working_size: int | None = None,
     seed: int = 0,
+    group_by: str | int = "",
 ) -> dict[str, list[dict[str, Any]]]:
-    """The checked ``training`` and ``validation`` pairs of a data set (:func:`checked_pairs` for each).
+    """The ``training`` and ``validation`` items of a data set, whose pairs :func:`checked_dataset` then checks.
 
+    With ``group_by``, splits given by the datalist must keep each group on one side (``bundle.data.groups_apart``).
     When it has no validation pairs (an empty or missing split, or a folder too small for the 80/10/10 split), a
-    tenth of the training pairs (at least one), chosen by file-name hash with ``seed``, validates instead and the
-    choice is logged, so that a best model is chosen and written.
+    tenth of the training pairs (at least one), chosen by file-name hash with ``seed`` (whole groups with
+    ``group_by``, see ``bundle.data.item_groups``), validates instead and the choice is logged, so that a best
+    model is chosen and written.
 
     Raises:
-        DataError: as :func:`checked_pairs`, or fewer than two training pairs and no validation pairs.
+        DataError: as ``bundle.data.load_datalist``, or fewer than two training pairs and no validation pairs.
     """
     source = str(datalist or dataset_dir)
-    training = checked_pairs(load_datalist(dataset_dir, datalist, key="training"), "training", skip_bad_pairs,
-                             working_size, source)  # fmt: skip
+    training = load_datalist(dataset_dir, datalist, key="training", group_by=group_by)
     try:
-        validation = load_datalist(dataset_dir, datalist, key="validation")
+        validation = load_datalist(dataset_dir, datalist, key="validation", group_by=group_by)
     except DataError as error:
         if "no key 'validation'" not in str(error) and "no split 'validation'" not in str(error):
             raise
         validation = []
+    root = _data_root(dataset_dir, datalist)
     if validation:
-        return {"training": training, "validation": checked_pairs(validation, "validation", skip_bad_pairs,
-                                                                  working_size, source)}  # fmt: skip
+        groups_apart({"training": training, "validation": validation}, group_by, root)
+        return {"training": training, "validation": validation}
     if len(training) < 2:
         raise DataError(
             f"{source} has {len(training)} training pair and no validation pairs: training needs at least two pairs "
             "(one to validate on, which chooses models/model.pt)."
         )
     count = max(1, round(VALIDATION_SHARE * len(training)))
-    parts = split_items(training, [len(training) - count, count], seed, keys=("training", "validation"))
+    groups = item_groups(training, group_by, root)
+    parts = split_items(training, [len(training) - count, count], seed, ("training", "validation"), groups)
+    if not parts["validation"]:
+        raise DataError(
+            f"{source} has no validation pairs and its {len(training)} training pairs are all in one group "
+            f"(group_by {group_by!r}), so no group is left to validate on: add a validation split, or group by "
+            "something finer."
+        )
     logger.warning(
         "%s has no validation pairs: validating on %d of its %d training pairs instead: %s",
         source,
-        count,
+        len(parts["validation"]),
         len(training),
         ", ".join(Path(item["image"]).name for item in parts["validation"]),
     )
     return parts
+
+
+def _data_root(dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None) -> str:
+    """Where relative paths start (``bundle.data.load_datalist``'s rule), for folder-level groups."""
+    return str(dataset_dir or os.path.dirname(os.path.abspath(datalist or ".")))
+
+
+def evaluation_pairs(
+    dataset_dir: str | os.PathLike | None,
+    datalist: str | os.PathLike | None,
+    key: str = "test",
+    skip_bad_pairs: bool = False,
+    working_size: int | None = None,
+    group_by: str | int = "",
+) -> list[dict[str, Any]]:
+    """The checked pairs of split ``key`` that evaluation scores, at their original resolution
+    (``bundle.data.original_files``), split as training split them (``group_by``); with ``group_by``, a group that
+    also lies in the training split is refused (``bundle.data.groups_apart``).
+
+    Raises:
+        DataError: as ``bundle.data.load_datalist`` and :func:`checked_pairs`.
+    """
+    items = load_datalist(dataset_dir, datalist, key=key, group_by=group_by)
+    if str(group_by).strip() and key != "training":
+        try:
+            training = load_datalist(dataset_dir, datalist, key="training", group_by=group_by)
+        except DataError:  # nothing was trained on from this datalist
+            training = []
+        groups_apart({"training": training, key: items}, group_by, _data_root(dataset_dir, datalist))
+    items = original_files(items)
+    return checked_pairs(items, key, skip_bad_pairs, working_size, str(datalist or dataset_dir))
 
 
 def require_validation(dataset: Sequence[Any]) -> None:

@@ -9,7 +9,11 @@ Every config's ``initialize`` starts with ``$bundle.cli.install()``. Inside the 
   status (2 when the run cannot start), instead of MONAI's two or three chained tracebacks. Any other exception
   is a bug and keeps its full traceback; ``RFE_TRACEBACK=1`` restores tracebacks for project errors too.
 
-Anywhere else (MONAI Label, Slicer, tests parsing the configs in-process) ``install`` does nothing.
+MONAI Label runs each training as a process of its own (``python -m monailabel.interfaces.utils.app -m train``)
+whose output lines are its server log and what ``GET /train/`` returns; there ``install`` installs the same hook, so
+a project error ends that process as one ``ERROR`` line too (MONAI Label's overrides are not command-line options,
+so none are checked). Anywhere else (MONAI Label's server process, Slicer, tests parsing the configs in-process)
+``install`` does nothing.
 """
 
 from __future__ import annotations
@@ -33,22 +37,34 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _WORKFLOW_ARGS = ("workflow_name", "workflow_type", "properties_path", "bundle_root")
 
 
-def _in_bundle_runner() -> bool:
+def _main_module() -> tuple[str, ...]:
+    """The last parts of the program's path: ``("monai", "bundle", "__main__.py")`` for ``python -m monai.bundle``."""
     main = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
-    return main.name == "__main__.py" and main.parent.name == "bundle" and main.parent.parent.name == "monai"
+    return main.parts[-4:]
+
+
+def _in_bundle_runner() -> bool:
+    return _main_module()[-3:] == ("monai", "bundle", "__main__.py")
+
+
+def _in_monailabel_task() -> bool:
+    return _main_module() == ("monailabel", "interfaces", "utils", "app.py")
 
 
 def install() -> None:
-    """In ``python -m monai.bundle``: check the command line's overrides, then install :func:`excepthook`.
+    """In ``python -m monai.bundle``: check the command line's overrides, then install :func:`excepthook`; in a
+    MONAI Label task process: install :func:`excepthook`.
 
     Raises:
         ConfigError: an override that is not a key of the config files (reported by the hook as one line).
     """
-    if not _in_bundle_runner():
+    in_runner = _in_bundle_runner()
+    if not in_runner and not _in_monailabel_task():
         return
     if not os.environ.get(TRACEBACK_ENV):
         sys.excepthook = excepthook
-    check_overrides(sys.argv[1:])
+    if in_runner:
+        check_overrides(sys.argv[1:])
 
 
 def _raised_in_bundle(error: BaseException) -> bool:

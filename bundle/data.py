@@ -6,13 +6,18 @@ A datalist is a JSON object that maps split names to lists of items, as in the M
 
 Paths are stored relative to the data root, and :func:`load_datalist` returns them absolute. Items may also carry
 ``image_orig``/``label_orig``, the original-resolution files behind a resized cache (see ``scripts/prepare_data.py``).
+A CSV file with a header row naming the columns ``image`` and ``label`` (and optionally ``split``) is read as a
+datalist too; its other columns are kept on the items (e.g. a patient id to group by).
 
 Splits are made by ranking each item by the SHA-256 of ``"<seed>:<file name>"``: the assignment depends only on the
 seed and the file names, not on the folder the data sits in, the listing order, the platform or the Python version.
+A grouped split (``group_by``: a folder level or a column) ranks whole groups instead, so that one patient's photos
+never land on both sides.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -24,8 +29,9 @@ from numbers import Integral
 from pathlib import Path
 from typing import Any
 
-from bundle.errors import DataError
+from bundle.errors import ConfigError, DataError
 from bundle.files import write_text_atomically
+from bundle.images import LABELMAP_EXTENSIONS
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -37,7 +43,10 @@ __all__ = [
     "DEFAULT_SPLIT_FRACTIONS",
     "DATALIST_NAME",
     "file_stem",
+    "folder_pairs",
+    "groups_apart",
     "has_extension",
+    "item_groups",
     "load_datalist",
     "list_images",
     "inference_inputs",
@@ -70,11 +79,13 @@ def _photo_extensions() -> tuple[str, ...]:
 # Every extension of a format Pillow decodes by itself (.jpg, .png, .tif, .bmp, .webp, .gif, .jp2, .avif, ...;
 # which ones depends on the installed Pillow). A file's content, not its extension, decides how it is read.
 IMAGE_EXTENSIONS = _photo_extensions()
-# ".nii.gz", ".nii", ".nrrd", ".mha" and ".mhd" hold labels saved by 3D Slicer (read by nibabel, pynrrd, ITK).
-MASK_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+# Pillow's mask formats and the labelmaps 3D Slicer saves (bundle.images.read_mask_values reads them all).
+MASK_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", *LABELMAP_EXTENSIONS)
 # A mask belongs to an image when its stem is the image's stem plus one of these (compared case-insensitively):
 # "" for images/ + masks/ with equal names, "_segmentation" for ISIC 2016-2018, "_lesion" for PH2.
 MASK_SUFFIXES = ("", "_segmentation", "_mask", "_lesion")
+# Where photos and masks share a folder (ISIC's one-folder naming, per-patient folders) the suffix must be there.
+SAME_FOLDER_MASK_SUFFIXES = MASK_SUFFIXES[1:]
 # ISIC 2017's image folders also hold "<id>_superpixels.png" files, which are not photographs.
 IGNORED_IMAGE_SUFFIXES = ("_superpixels",)
 PATH_KEYS = ("image", "label", "image_orig", "label_orig")
@@ -84,6 +95,18 @@ DATALIST_NAME = "datalist.json"
 _DOUBLE_EXTENSIONS = (".nii.gz",)
 _MAX_LISTED_MISSING = 5
 _MAX_LISTED_SKIPPED = 20
+_CSV_FORMAT = (
+    'a CSV datalist is a header row naming the columns "image" and "label" (the mask; optional for inference) and '
+    'optionally "split" (training, validation or test), then one row per photo, paths relative to the data folder'
+)
+_JSON_FORMAT = (
+    'a datalist is JSON, {"training": [{"image": "images/x.jpg", "label": "masks/x.png"}, ...], "validation": '
+    '[...], "test": [...]}, or a .csv file'
+)
+_PREPARE_HINT = (
+    "For the official ISIC 2016-2018 or PH2 archives, python scripts/prepare_data.py <archives or folders> --out DIR "
+    "writes a datalist with the paper's splits."
+)
 
 
 def file_stem(path: str | os.PathLike) -> str:
@@ -115,7 +138,10 @@ def _resolve(path: str, base: Path) -> str:
 
 
 def load_datalist(
-    dataset_dir: str | os.PathLike | None = "", datalist: str | os.PathLike | None = None, key: str = "training"
+    dataset_dir: str | os.PathLike | None = "",
+    datalist: str | os.PathLike | None = None,
+    key: str = "training",
+    group_by: str | int = "",
 ) -> list[dict[str, Any]]:
     """
     Read one split of a datalist and return its items with absolute paths, after checking that every file exists.
@@ -123,26 +149,29 @@ def load_datalist(
     Args:
         dataset_dir: the data root that relative paths in the datalist start from. When empty, they start from the
             folder holding the datalist file.
-        datalist: the datalist JSON file. When None or empty, ``dataset_dir/datalist.json`` is used if it exists;
-            otherwise ``dataset_dir/images`` is paired with ``dataset_dir/masks`` and split 80/10/10
-            (see :func:`datalist_from_folders`). A relative path that does not exist from the working directory is
-            looked up under ``dataset_dir``.
+        datalist: the datalist, a JSON file or a CSV file (header row ``image,label[,split]``; without a ``split``
+            column the rows are split 80/10/10). When None or empty, ``dataset_dir/datalist.json`` is used if it
+            exists; otherwise the folder's photos are paired with their masks (:func:`folder_pairs`) and split
+            80/10/10. A relative path that does not exist from the working directory is looked up under
+            ``dataset_dir``.
         key: the split to return, e.g. ``"training"``, ``"validation"`` or ``"test"``.
+        group_by: for the splits made here (folders, a CSV without ``split``): keep the groups of
+            :func:`item_groups` on one side.
 
     Returns:
         The split's items as dicts; the values under :data:`PATH_KEYS` are absolute paths. A plain string entry
         becomes ``{"image": path}``.
 
     Raises:
-        DataError: when the datalist is missing or not valid JSON, ``key`` is not in it, an entry is malformed, or
-            files named by the entries do not exist (the message lists the first few).
+        DataError: when the datalist is missing or neither valid JSON nor a CSV datalist, ``key`` is not in it, an
+            entry is malformed, or files named by the entries do not exist (the message lists the first few).
     """
     root = Path(dataset_dir).expanduser() if dataset_dir else None
     if not datalist:
         if root is None:
             raise DataError("load_datalist needs a dataset_dir or a datalist file, got neither.")
         if not (root / DATALIST_NAME).is_file():
-            splits = datalist_from_folders(root)
+            splits = datalist_from_folders(root, group_by=group_by)
             if key not in splits:
                 raise DataError(f"no split {key!r} in the folders of {root}; it has {sorted(splits)}.")
             return splits[key]
@@ -152,18 +181,63 @@ def load_datalist(
         datalist_path = root / datalist_path
     if not datalist_path.is_file():
         raise DataError(f"datalist file {datalist_path} does not exist.")
-    try:
-        content = json.loads(datalist_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"datalist file {datalist_path} is not valid JSON: {error}.") from error
-    if not isinstance(content, dict):
-        raise DataError(f"datalist file {datalist_path} holds a {type(content).__name__}, not an object of splits.")
+    base = root.resolve() if root is not None else datalist_path.resolve().parent
+    if _is_csv(datalist_path):
+        rows, given = _csv_rows(datalist_path)
+        content = _csv_splits(rows, given, base, group_by)
+    else:
+        content = _json_content(datalist_path)
     if key not in content:
         raise DataError(f"datalist file {datalist_path} has no key {key!r}; its keys are {sorted(content)}.")
-    base = root.resolve() if root is not None else datalist_path.resolve().parent
     items = [_absolute_item(entry, base, datalist_path, key) for entry in content[key]]
     _check_files_exist(items, f"datalist file {datalist_path}, split {key!r}")
     return items
+
+
+def _is_csv(path: Path) -> bool:
+    return path.suffix.lower() == ".csv"
+
+
+def _json_content(path: Path) -> dict[str, Any]:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"datalist file {path} is not valid JSON ({error}): {_JSON_FORMAT} ({_CSV_FORMAT}).") from None
+    if not isinstance(content, dict):
+        kind = type(content).__name__
+        raise DataError(f"datalist file {path} holds a {kind}, not an object of splits: {_JSON_FORMAT}.")
+    return content
+
+
+def _csv_rows(path: Path) -> tuple[list[dict[str, str]], bool]:
+    """The rows of a CSV datalist (empty cells dropped) and whether it has a ``split`` column."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.DictReader(file)
+            columns = [str(c).strip() for c in reader.fieldnames or []]
+            reader.fieldnames = columns
+            rows = [{k: v.strip() for k, v in row.items() if k and isinstance(v, str) and v.strip()} for row in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"datalist file {path} cannot be read as CSV ({error}): {_CSV_FORMAT}.") from None
+    if "image" not in columns:
+        raise DataError(f'datalist file {path} has no column "image" (its header is {columns[:8]}): {_CSV_FORMAT}.')
+    for number, row in enumerate(rows, start=2):
+        if "image" not in row:
+            raise DataError(f"datalist file {path}, line {number}: no image path.")
+        if "split" in columns and row.get("split") not in SPLIT_KEYS:
+            raise DataError(
+                f"datalist file {path}, line {number}: split {row.get('split', '')!r} is not one of "
+                f"{', '.join(SPLIT_KEYS)}."
+            )
+    return rows, "split" in columns
+
+
+def _csv_splits(rows: list[dict[str, str]], given: bool, base: Path, group_by: str | int) -> dict[str, list]:
+    if given:
+        return {key: [{k: v for k, v in row.items() if k != "split"} for row in rows if row["split"] == key]
+                for key in SPLIT_KEYS}  # fmt: skip
+    absolute = [_absolute_item(row, base, base, "training") for row in rows]
+    return split_items(absolute, DEFAULT_SPLIT_FRACTIONS, 0, groups=item_groups(absolute, group_by, base))
 
 
 def _absolute_item(entry: Any, base: Path, source: Path, key: str) -> dict[str, Any]:
@@ -189,11 +263,12 @@ def list_images(path: str | os.PathLike, key: str = "test") -> list[dict[str, st
 
     Args:
         path: one of
-            - a folder: its image files (by extension, not recursive, sorted by name); when it holds none but has an
+            - a folder: its image files (by extension, not recursive, sorted by name), less the masks lying beside
+              their photos (``<photo>_segmentation``, ``_mask``, ``_lesion``); when it holds none but has an
               ``images`` subfolder, that subfolder's images;
             - an image file;
-            - a datalist JSON file: the images of split ``key``. Where an item has ``image_orig`` (a resized cache),
-              the original is listed, so that predictions come out at the original resolution.
+            - a datalist file (JSON or CSV): the images of split ``key``. Where an item has ``image_orig`` (a resized
+              cache), the original is listed, so that predictions come out at the original resolution.
         key: the split to read from a datalist file.
 
     Returns:
@@ -205,24 +280,40 @@ def list_images(path: str | os.PathLike, key: str = "test") -> list[dict[str, st
     path = Path(path).expanduser()
     if path.is_dir():
         folder = path
-        images = [p for p in sorted(path.iterdir()) if _is_image_file(p)]
+        images = _photos_in(path)
         if not images and (path / "images").is_dir():
             folder = path / "images"
-            images = [p for p in sorted(folder.iterdir()) if _is_image_file(p)]
+            images = _photos_in(folder)
         if not images:
+            subfolders = sorted(p.name for p in path.iterdir() if p.is_dir() and _photos_in(p))
+            hint = (
+                f"; its subfolders {', '.join(subfolders[:5])}{' ...' if len(subfolders) > 5 else ''} do: give one "
+                "of them, or list the photos in a datalist (--datalist list.csv with an image column)"
+                if subfolders
+                else ""
+            )
             raise DataError(
                 f"folder {path} holds no images (any format Pillow reads, e.g. .jpg, .png, .tif, .webp), nor does "
-                f"{path / 'images'}."
+                f"{path / 'images'}{hint}."
             )
         _log_skipped(folder, images)
         return [{"image": str(p.resolve())} for p in images]
-    if path.is_file() and path.suffix.lower() == ".json":
+    if path.is_file() and path.suffix.lower() in (".json", ".csv"):
         return inference_inputs("", path, key)
     if path.is_file() and has_extension(path, IMAGE_EXTENSIONS):
         return [{"image": str(path.resolve())}]
     if path.is_file():
-        raise DataError(f"{path} is neither an image (a format Pillow reads) nor a datalist .json file.")
+        raise DataError(f"{path} is neither an image (a format Pillow reads) nor a datalist (.json or .csv).")
     raise DataError(f"{path} does not exist.")
+
+
+def _photos_in(folder: Path) -> list[Path]:
+    """The photographs of ``folder`` (not recursive, sorted): its image files less the masks of other photos there
+    (``<photo stem>_segmentation``, ``_mask`` or ``_lesion``, as ISIC's one-folder naming has them)."""
+    images = [p for p in sorted(folder.iterdir()) if _is_image_file(p)]
+    candidates = [p for p in images if has_extension(p, MASK_EXTENSIONS)]
+    masks = set(_mask_of(images, candidates, SAME_FOLDER_MASK_SUFFIXES).values())
+    return [p for p in images if p not in masks]
 
 
 def _log_skipped(folder: Path, images: Sequence[Path]) -> None:
@@ -245,8 +336,8 @@ def inference_inputs(
     dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None = "", key: str = "test"
 ) -> list[dict[str, str]]:
     """
-    The images inference segments: split ``key`` of ``datalist`` when one is given, else :func:`list_images` of
-    ``dataset_dir``.
+    The images inference segments: split ``key`` of ``datalist`` when one is given (every row of a CSV datalist
+    without a ``split`` column), else :func:`list_images` of ``dataset_dir``.
 
     A datalist is read by :func:`load_datalist` with the same path rule as training and evaluation (relative
     entries start from ``dataset_dir``, or from the datalist's folder when ``dataset_dir`` is empty). Where an item
@@ -257,7 +348,30 @@ def inference_inputs(
     """
     if not datalist:
         return list_images(dataset_dir or ".")
-    return [{"image": item.get("image_orig", item["image"])} for item in load_datalist(dataset_dir, datalist, key)]
+    path = Path(datalist).expanduser()
+    rows, given = _csv_rows(path) if _is_csv(path) and path.is_file() else ([], True)
+    if not given:  # a CSV without a split column: every row
+        base = Path(dataset_dir).expanduser().resolve() if dataset_dir else path.resolve().parent
+        items = [_absolute_item(row, base, path, key) for row in rows]
+        _check_files_exist(items, f"datalist file {path}")
+    else:
+        items = load_datalist(dataset_dir, datalist, key)
+    return [{"image": item.get("image_orig", item["image"])} for item in items]
+
+
+def _mask_of(images: Sequence[Path], masks: Sequence[Path], suffixes: Sequence[str]) -> dict[Path, Path]:
+    """Image → its mask: the mask whose stem is the image's plus the first of ``suffixes`` that has one."""
+    masks_by_stem: dict[str, Path] = {}
+    for mask in masks:
+        masks_by_stem.setdefault(file_stem(mask).lower(), mask)
+    mask_of: dict[Path, Path] = {}
+    for image in images:
+        for suffix in suffixes:
+            mask = masks_by_stem.get((file_stem(image) + suffix).lower())
+            if mask is not None and mask != image:
+                mask_of[image] = mask
+                break
+    return mask_of
 
 
 def pair_images_masks(
@@ -289,17 +403,7 @@ def pair_images_masks(
             raise DataError(f"folder {folder} does not exist.")
     images = [p for p in _files(images_dir, IMAGE_EXTENSIONS) if _is_image_file(p)]
     masks = _files(masks_dir, MASK_EXTENSIONS)
-    masks_by_stem: dict[str, Path] = {}
-    for mask in masks:
-        masks_by_stem.setdefault(file_stem(mask).lower(), mask)
-
-    mask_of: dict[Path, Path] = {}
-    for image in images:
-        for suffix in mask_suffixes:
-            mask = masks_by_stem.get((file_stem(image) + suffix).lower())
-            if mask is not None and mask != image:
-                mask_of[image] = mask
-                break
+    mask_of = _mask_of(images, masks, mask_suffixes)
     used_masks = set(mask_of.values())
     # Where images and masks share a folder, a mask also looks like an image: it is not one.
     pairs = [{"image": str(i), "label": str(m)} for i, m in mask_of.items() if i not in used_masks]
@@ -309,29 +413,145 @@ def pair_images_masks(
     return pairs, unpaired_images, unpaired_masks
 
 
-def datalist_from_folders(dataset_dir: str | os.PathLike, seed: int = 0) -> dict[str, list[dict[str, str]]]:
+def folder_pairs(root: str | os.PathLike) -> tuple[list[dict[str, str]], list[str], list[str]]:
     """
-    Build splits from ``dataset_dir/images`` and ``dataset_dir/masks`` when no datalist file exists.
+    Pair the photographs under ``root`` with their masks, in the layouts people keep them in:
 
-    Pairs are split by :data:`DEFAULT_SPLIT_FRACTIONS` (80/10/10) with :func:`split_items`; unpaired files are
-    logged as warnings and left out.
+    - ``images/`` + ``masks/`` with the same file names (the mask's stem may add ``_segmentation``, ``_mask`` or
+      ``_lesion``), their subfolders mirrored (``images/p1/x.jpg`` with ``masks/p1/x.png``);
+    - a photo beside its mask named ``<photo stem>_segmentation``, ``_mask`` or ``_lesion`` (ISIC's one-folder
+      naming), in ``root`` or any subfolder (one folder per patient), or a subfolder with its own
+      ``images/`` + ``masks/``.
+
+    Hidden folders are skipped.
+
+    Returns:
+        ``(pairs, unpaired_images, unpaired_masks)`` as :func:`pair_images_masks`, pairs sorted by image path; the
+        photos of a folder that holds no mask at all are not listed as unpaired (it may hold other photos).
+    """
+    pairs, unpaired_images, unpaired_masks = [], [], []
+    for folder, subfolders, _ in os.walk(Path(root).expanduser()):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        here = Path(folder)
+        if (here / "images").is_dir() and (here / "masks").is_dir():
+            subfolders.remove("images")
+            subfolders.remove("masks")
+            for images_dir, nested, _ in os.walk(here / "images"):
+                nested[:] = sorted(d for d in nested if not d.startswith("."))
+                masks_dir = here / "masks" / os.path.relpath(images_dir, here / "images")
+                if masks_dir.is_dir():
+                    found = pair_images_masks(images_dir, masks_dir)
+                    pairs += found[0]
+                    unpaired_images += found[1]
+                    unpaired_masks += found[2]
+            continue
+        found = pair_images_masks(here, here, SAME_FOLDER_MASK_SUFFIXES)
+        pairs += found[0]
+        if found[0]:
+            unpaired_images += found[1]
+        unpaired_masks += found[2]
+    return sorted(pairs, key=lambda pair: pair["image"]), unpaired_images, unpaired_masks
+
+
+def datalist_from_folders(
+    dataset_dir: str | os.PathLike, seed: int = 0, group_by: str | int = ""
+) -> dict[str, list[dict[str, str]]]:
+    """
+    Build splits from the photo/mask pairs of a folder (:func:`folder_pairs`) when no datalist file exists.
+
+    Pairs are split by :data:`DEFAULT_SPLIT_FRACTIONS` (80/10/10) with :func:`split_items`, by group when
+    ``group_by`` is given (:func:`item_groups`); unpaired files are logged as warnings and left out.
 
     Raises:
-        DataError: when the folder, or either subfolder, is missing, or no image has a mask.
+        DataError: when the folder is missing or holds no pair (the message says which layouts work).
     """
     root = Path(dataset_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist.")
-    if not (root / "images").is_dir() or not (root / "masks").is_dir():
-        raise DataError(f"{root} has no {DATALIST_NAME} and no images/ + masks/ folders to pair.")
-    pairs, unpaired_images, unpaired_masks = pair_images_masks(root / "images", root / "masks")
+    pairs, unpaired_images, unpaired_masks = folder_pairs(root)
     for path in unpaired_images:
         logger.warning("image without a mask, left out: %s", path)
     for path in unpaired_masks:
         logger.warning("mask without an image, left out: %s", path)
     if not pairs:
-        raise DataError(f"no image in {root / 'images'} has a mask in {root / 'masks'}.")
-    return split_items(pairs, DEFAULT_SPLIT_FRACTIONS, seed)
+        raise DataError(
+            f"{root} holds no photo/mask pairs: no {DATALIST_NAME}, no images/ + masks/ folders with the same file "
+            "names, and no photo with its mask beside it (<photo>_segmentation.png, _mask or _lesion, as ISIC names "
+            "them) in it or its subfolders. Arrange the files so, or give --datalist (JSON, or CSV with image,label "
+            f"columns). {_PREPARE_HINT}"
+        )
+    return split_items(pairs, DEFAULT_SPLIT_FRACTIONS, seed, groups=item_groups(pairs, group_by, root))
+
+
+def item_groups(items: Sequence[Mapping[str, Any]], group_by: str | int, root: str | os.PathLike) -> list[str] | None:
+    """
+    The group of each item for a grouped split (:func:`split_items`), or None when ``group_by`` is empty.
+
+    Args:
+        items: dicts with an absolute ``"image"`` path.
+        group_by: a folder level ``N`` (1, 2, ...): the first ``N`` folders of the photo's path below ``root``
+            (below ``root/images`` when the photo lies there), e.g. 1 for ``root/<patient>/x.jpg`` or
+            ``root/images/<patient>/x.jpg``; or the name of a column of a CSV datalist (a key of the items), e.g.
+            ``patient_id``.
+        root: the data root.
+
+    Raises:
+        ConfigError: a folder level below 1.
+        DataError: a photo that lies in no folder at that level, or an item without the column.
+    """
+    name = str(group_by).strip()
+    if not name:
+        return None
+    if name.lstrip("-").isdigit():
+        level = int(name)
+        if level < 1:
+            raise ConfigError(f"group_by: folder levels count from 1 (the first folder below the data root): {level}")
+        return [_folder_group(item["image"], level, Path(root)) for item in items]
+    missing = [item["image"] for item in items if name not in item]
+    if missing:
+        raise DataError(
+            f"group_by {name!r}: {len(missing)} entry(ies) have no {name!r} value, e.g. {missing[0]}; give a column of "
+            "the CSV datalist (or a key of the JSON entries), or a folder level such as 1."
+        )
+    return [str(item[name]) for item in items]
+
+
+def groups_apart(
+    splits: Mapping[str, Sequence[Mapping[str, Any]]], group_by: str | int, root: str | os.PathLike
+) -> None:
+    """Refuse splits that share a group (:func:`item_groups`): one patient's photos on two sides of a split.
+
+    Nothing is checked when ``group_by`` is empty.
+
+    Raises:
+        ConfigError, DataError: as :func:`item_groups`, or naming a group found in two splits and a photo of each.
+    """
+    if not str(group_by).strip():
+        return
+    seen: dict[str, tuple[str, str]] = {}
+    for key, items in splits.items():
+        for item, group in zip(items, item_groups(items, group_by, root) or [], strict=True):
+            other = seen.setdefault(group, (key, item["image"]))
+            if other[0] != key:
+                raise DataError(
+                    f"group_by {group_by!r}: group {group!r} lies in both the {other[0]} and the {key} split "
+                    f"({other[1]}, {item['image']}), so its photos would be scored on what they were trained on; "
+                    "move the group's entries into one split, or leave the splits to the bundle."
+                )
+
+
+def _folder_group(image: str, level: int, root: Path) -> str:
+    base = root.resolve()
+    folder = Path(image).resolve().parent
+    if folder.is_relative_to(base / "images"):
+        base = base / "images"
+    parts = folder.relative_to(base).parts if folder.is_relative_to(base) else folder.parts[1:]
+    if len(parts) < level:
+        raise DataError(
+            f"group_by {level}: {image} lies in no folder {level} level(s) below {base}; put each patient's photos in "
+            "a folder of their own, or group by a column of a CSV datalist."
+        )
+    return "/".join(parts[:level])
 
 
 def write_datalist(
@@ -413,6 +633,7 @@ def split_items(
     sizes: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
     seed: int = 0,
     keys: Sequence[str] = SPLIT_KEYS,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, list[Any]]:
     """
     Split ``items`` deterministically into named parts.
@@ -426,6 +647,10 @@ def split_items(
         sizes: exact counts (ints adding up to ``len(items)``) or fractions adding up to 1.
         seed: changes the ranking; the same seed and file names give the same split anywhere.
         keys: the names of the parts, one per size.
+        groups: one group name per item (e.g. :func:`item_groups`): whole groups are ranked by the SHA-256 of
+            ``"<seed>:<group>"`` and each goes to the part furthest below its share (relative to its count; ties
+            to the earlier part), so no group straddles two parts and the counts are met as nearly as the group
+            sizes allow. Every part with a share gets a group while groups are left.
 
     Raises:
         ValueError: when ``sizes`` and ``keys`` differ in length, integer counts do not add up to ``len(items)``,
@@ -438,8 +663,24 @@ def split_items(
             raise ValueError(f"split counts {list(sizes)} add up to {sum(sizes)}, not to the {len(items)} items.")
     elif not math.isclose(sum(sizes), 1.0, abs_tol=1e-6):
         raise ValueError(f"split fractions {list(sizes)} add up to {sum(sizes)}, not to 1.")
-    part_of = _blocks_by_hash(items, split_counts(len(items), sizes), seed)
+    counts = split_counts(len(items), sizes)
+    part_of = _blocks_by_hash(items, counts, seed) if groups is None else _groups_by_hash(groups, counts, seed)
     return {key: [item for item, p in zip(items, part_of, strict=True) if p == part] for part, key in enumerate(keys)}
+
+
+def _groups_by_hash(groups: Sequence[str], counts: Sequence[int], seed: int) -> list[int]:
+    """Part index of each item: whole groups, ranked by SHA-256 of ``"<seed>:<group>"``, to the neediest part."""
+    sizes: dict[str, int] = {}
+    for group in groups:
+        sizes[group] = sizes.get(group, 0) + 1
+    assigned = [0] * len(counts)
+    part_of_group = {}
+    for group in sorted(sizes, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest()):
+        need = [(c - a) / c if c else -math.inf for c, a in zip(counts, assigned, strict=True)]
+        part = max(range(len(counts)), key=lambda k: (need[k], -k))
+        part_of_group[group] = part
+        assigned[part] += sizes[group]
+    return [part_of_group[group] for group in groups]
 
 
 def kfold(items: Sequence[Any], k: int = 5, seed: int = 0) -> list[tuple[list[Any], list[Any]]]:

@@ -22,7 +22,9 @@ __all__ = [
     "displayed_size",
     "lesion_binary",
     "photo_from_array",
+    "LABELMAP_EXTENSIONS",
     "read_mask",
+    "read_mask_values",
     "read_photo",
     "read_photo_sized",
     "reduce_photo",
@@ -33,6 +35,8 @@ EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _GREY_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# Label files 3D Slicer writes (read by nibabel, pynrrd, ITK); any other mask is read by Pillow.
+LABELMAP_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
 def _silence_libtiff() -> None:
@@ -191,19 +195,64 @@ def lesion_binary(mask: np.ndarray) -> np.ndarray:
     return values > peak / 2 if peak > 0 else np.zeros(values.shape, bool)
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """A PNG/BMP/JPEG/TIFF/GIF mask file as (H, W) bool by :func:`lesion_binary`, its values as stored (no EXIF).
+def _labelmap_values(path: str) -> np.ndarray:
+    """A labelmap's voxels in its file's index order, (x, y[, z]) — the order MONAI's readers give them in."""
+    name = path.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel
 
-    This is what MONAI's ``LoadImaged`` + ``bundle.transforms.LesionMaskd`` give in training, transposed.
+        return np.asanyarray(nibabel.load(path).dataobj)
+    if name.endswith(".nrrd"):
+        import nrrd
+
+        return nrrd.read(path, index_order="F")[0]
+    import itk
+
+    return itk.array_from_image(itk.imread(path)).T  # ITK's arrays are (z, y, x); a copy, not a view
+
+
+def read_mask_values(path: str | os.PathLike) -> np.ndarray:
+    """The one mask reader: a mask file's values as stored, (H, W) or (H, W, C) in numpy's order (no EXIF).
+
+    PNG, BMP, JPEG, TIFF, GIF and any other format Pillow reads, and 3D Slicer's labelmaps
+    (:data:`LABELMAP_EXTENSIONS`, whose (W, H, 1) voxels become (H, W)). Training
+    (``bundle.transforms.LoadMaskd``), the pair checks (``bundle.checks``), ``scripts/prepare_data.py`` and
+    :func:`read_mask` all read masks here.
 
     Raises:
-        BadInputError: naming the file, when it cannot be read or is not 2D.
+        BadInputError: naming the file, when it is missing, empty, cannot be read, or is a volume of more than one
+            slice.
     """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise BadInputError(path, "empty file")
     try:
-        with Image.open(path) as opened:
-            values = np.asarray(opened)
-        return lesion_binary(values)
+        if path.name.lower().endswith(LABELMAP_EXTENSIONS):
+            values = _labelmap_values(str(path))
+        else:
+            with Image.open(path) as opened:
+                return np.asarray(opened)
     except UnidentifiedImageError:
         raise BadInputError(path, "not an image file that Pillow can identify") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise BadInputError(path, f"cannot read mask ({err})") from None
+    except Exception as err:  # decoders raise OSError, SyntaxError, ValueError, EOFError, zlib, ITK and nrrd errors
+        raise BadInputError(path, f"cannot read mask ({' '.join(str(err).split())})") from None
+    while values.ndim > 2 and values.shape[-1] == 1:
+        values = values[..., 0]
+    if values.ndim != 2:
+        raise BadInputError(path, f"is a volume of shape {values.shape}, not one 2D mask")
+    return values.T
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A mask file as (H, W) bool: :func:`read_mask_values` binarised by :func:`lesion_binary`.
+
+    Raises:
+        BadInputError: as :func:`read_mask_values`, or when the mask is not 2D.
+    """
+    values = read_mask_values(path)
+    try:
+        return lesion_binary(values)
+    except ValueError as err:
+        raise BadInputError(path, str(err)) from None

@@ -1,7 +1,9 @@
 """Transforms MONAI lacks for dermoscopy photographs, each an array transform with a thin dictionary wrapper:
 
 - :class:`LoadPhoto` / :class:`LoadPhotod`: a photo file or an in-memory array, read as displayed (``bundle.images``);
-- :class:`LesionMask` / :class:`LesionMaskd`: any loaded mask (PNG, BMP, JPEG, Slicer labelmap) → binary (1, W, H);
+- :class:`LoadMask` / :class:`LoadMaskd`: a mask file (PNG, BMP, JPEG, Slicer labelmap) read by
+  ``bundle.images.read_mask_values`` → binary (1, W, H);
+- :class:`LesionMask` / :class:`LesionMaskd`: a mask loaded by another reader (MONAI's ``LoadImage``) → the same;
 - :class:`ResizeToSource` / :class:`ResizeToSourced`: predictions back to the photograph's own size;
 - :class:`LesionLabel` / :class:`LesionLabeld`: 2-channel probabilities → 0/1 label and lesion probability;
 - :class:`LesionCleanup` / :class:`LesionCleanupd`: the largest lesion region only, holes filled;
@@ -28,9 +30,9 @@ from PIL import Image
 
 from bundle.config import choice, flag
 from bundle.data import file_stem
-from bundle.errors import ConfigError
+from bundle.errors import BadInputError, ConfigError
 from bundle.files import atomic_write
-from bundle.images import lesion_binary, photo_from_array, read_photo_sized, reduce_photo
+from bundle.images import lesion_binary, photo_from_array, read_mask_values, read_photo_sized, reduce_photo
 
 __all__ = [
     "INTERPOLATION_MODES",
@@ -41,6 +43,8 @@ __all__ = [
     "LesionLabeld",
     "LesionMask",
     "LesionMaskd",
+    "LoadMask",
+    "LoadMaskd",
     "LoadPhoto",
     "LoadPhotod",
     "ResizeToSource",
@@ -102,6 +106,12 @@ class LoadPhoto(Transform):
 
     def __call__(self, source: str | os.PathLike | np.ndarray, name: str = "array") -> MetaTensor:
         if isinstance(source, (str, os.PathLike)):
+            if not str(source):
+                raise BadInputError(
+                    "(empty path)",
+                    "no photograph to read; MONAI Label sends an empty path when the image id of an inference "
+                    "request is not in its datastore",
+                )
             photo, size = read_photo_sized(source, reduce_to=self.decode_size)
             name = str(source)
         else:
@@ -150,9 +160,14 @@ class LesionMask(Transform):
             binary = lesion_binary(np.asarray(mask))
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from None
-        kept = {"filename_or_obj": source, "spatial_shape": np.asarray(binary.shape)}
-        label = torch.from_numpy(binary.astype(np.float32))[None]
-        return MetaTensor(label, affine=torch.eye(3, dtype=torch.float64), meta=kept)
+        return _binary_label(binary, source)
+
+
+def _binary_label(binary: np.ndarray, source: str) -> MetaTensor:
+    """A (W, H) bool mask as the (1, W, H) float label, with a 2D identity affine, that training resizes."""
+    kept = {"filename_or_obj": source, "spatial_shape": np.asarray(binary.shape)}
+    label = torch.from_numpy(binary.astype(np.float32))[None]
+    return MetaTensor(label, affine=torch.eye(3, dtype=torch.float64), meta=kept)
 
 
 class LesionMaskd(MapTransform):
@@ -166,6 +181,38 @@ class LesionMaskd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.binarise(d[key])
+        return d
+
+
+class LoadMask(Transform):
+    """A mask file → binary (1, W, H) float label: ``bundle.images.read_mask_values``, then the mask rule
+    (``bundle.images.lesion_binary``), as :class:`LesionMask` gives it for the same file loaded by MONAI's
+    ``LoadImage``.
+
+    Raises:
+        bundle.errors.BadInputError: naming the file that cannot be read as a 2D mask.
+    """
+
+    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+        values = read_mask_values(path)
+        try:
+            binary = lesion_binary(values.swapaxes(0, 1))  # numpy's (H, W[, C]) → MONAI's (W, H[, C])
+        except ValueError as err:
+            raise BadInputError(path, str(err)) from None
+        return _binary_label(binary, str(path))
+
+
+class LoadMaskd(MapTransform):
+    """Dictionary wrapper of :class:`LoadMask`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadMask()
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
         return d
 
 

@@ -49,12 +49,13 @@ from urllib.request import Request, urlopen
 
 import fire
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 if __package__ in (None, ""):  # run as `python scripts/prepare_data.py`: make `bundle` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.checks import check_pair  # noqa: E402
 from bundle.data import (  # noqa: E402
     DATALIST_NAME,
     DEFAULT_SPLIT_FRACTIONS,
@@ -69,7 +70,7 @@ from bundle.data import (  # noqa: E402
     write_datalist,
 )
 from bundle.files import atomic_write  # noqa: E402
-from bundle.images import displayed_size, read_mask, read_photo  # noqa: E402
+from bundle.images import LABELMAP_EXTENSIONS, displayed_size, read_mask, read_photo  # noqa: E402
 
 LAYOUTS = ("isic2016", "isic2017", "isic2017_256", "isic2018", "ph2", "generic")
 ISIC_SUFFIXES = ("_segmentation",)  # matched case-insensitively: 2016 writes "_Segmentation"
@@ -100,6 +101,7 @@ PRESPLIT_FOLDERS = ("training", "validation")
 FOLD_VALIDATION_SIZES = (0.875, 0.125)  # training / validation share of the folds that are not held out
 SEARCH_DEPTH = 3  # how deep under each source the dataset's folders are looked for
 CACHE_JPEG_QUALITY = 95
+CHECK_DECODE_SIZE = 256  # photos are checked decoded down to no less than this (every byte is still read)
 
 ISIC_HOST = "https://isic-challenge-data.s3.amazonaws.com"
 
@@ -501,60 +503,6 @@ def collect_pairs(layout: str, index: Mapping[str, list[Path]]) -> Collected:
 # ------------------------------------------------------------------------------------------------ checking files
 
 
-def image_size(path: str, displayed: bool = False) -> tuple[int, int] | None:
-    """
-    Decode ``path`` fully and return its (width, height); None for NIfTI/NRRD/MetaImage labels (read, not sized).
-
-    JPEGs decode at a reduced scale (``draft``), which still reads every byte, so truncation is caught. With
-    ``displayed`` the size is a photograph's as shown (after its EXIF orientation), as the bundle reads photos;
-    masks are read as stored.
-
-    Raises:
-        ValueError: naming the file and why it cannot be read (empty, truncated, not an image).
-    """
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"unreadable (empty file): {path}")
-    try:
-        if has_extension(path, (".nii", ".nii.gz")):
-            import nibabel
-
-            np.asarray(nibabel.load(path).dataobj)
-            return None
-        if has_extension(path, (".nrrd",)):
-            import nrrd
-
-            nrrd.read(path)
-            return None
-        if has_extension(path, (".mha", ".mhd")):
-            import itk
-
-            itk.imread(str(path))
-            return None
-        with Image.open(path) as image:
-            size = displayed_size(image) if displayed else image.size
-            image.draft(image.mode, (max(1, image.size[0] // 8), max(1, image.size[1] // 8)))  # JPEG only
-            image.load()
-        return size
-    except UnidentifiedImageError:
-        raise ValueError(f"unreadable (not an image format PIL reads): {path}") from None
-    except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, EOFError, zlib errors...
-        raise ValueError(f"unreadable ({type(error).__name__}: {error}): {path}") from None
-
-
-def check_pair(pair: Mapping[str, str]) -> str | None:
-    """The reason ``pair`` cannot be used, or None when image and mask read and have the same size."""
-    try:
-        image, mask = image_size(pair["image"], displayed=True), image_size(pair["label"])
-    except ValueError as error:
-        return str(error)
-    if image is not None and mask is not None and image != mask:
-        return (
-            f"mask {mask[0]}x{mask[1]} differs from its image {image[0]}x{image[1]}: {pair['label']} "
-            f"(image {pair['image']})"
-        )
-    return None
-
-
 def _parallel(function: Callable[[Any], Any], items: Sequence[Any], desc: str) -> list[Any]:
     # Pillow decodes and encodes without the GIL, so threads give real parallelism here.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -642,7 +590,7 @@ def cache_pair(pair: Mapping[str, str], cache_dir: Path, longer_side: int) -> di
     image_path, label_path = Path(pair["image"]), Path(pair["label"])
     originals = {"image_orig": str(image_path), "label_orig": str(label_path)}
     item = {"image": str(image_path), "label": str(label_path), **originals}
-    if not has_extension(label_path, (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".gif")):
+    if has_extension(label_path, LABELMAP_EXTENSIONS):
         return item
     cached_image = cache_dir / "images" / f"{file_stem(image_path)}.jpg"
     cached_label = cache_dir / "masks" / f"{file_stem(image_path)}.png"
@@ -747,7 +695,9 @@ def prepare_data(
     layout = detect_layout(index) if layout == "auto" else layout
     collected = collect_pairs(layout, index)
     pairs = [pair for group in collected.groups.values() for pair in group]
-    reasons = _parallel(check_pair, pairs, "checking files")
+    # the bundle's own pair check, so that training and evaluation accept exactly the pairs listed here
+    checks = _parallel(lambda pair: check_pair(pair, CHECK_DECODE_SIZE), pairs, "checking files")
+    reasons = [check.problem for check in checks]
     collected.problems += [reason for reason in reasons if reason]
     bad = {pair["image"] for pair, reason in zip(pairs, reasons, strict=True) if reason}
     collected.groups = {k: [p for p in group if p["image"] not in bad] for k, group in collected.groups.items()}

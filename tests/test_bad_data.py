@@ -2,7 +2,8 @@
 
 In-process checks of ``bundle.checks`` on each kind of bad pair, then the real command lines: training refuses a
 folder of bad pairs (or leaves them out with ``--skip_bad_pairs true``), trains on three pairs by validating on one
-of them, and evaluation refuses an empty split without leaving the previous report in place.
+of them, and evaluation refuses an empty split without leaving the previous report in place. Last, one corpus of
+good and bad pairs goes through prepare_data, training and evaluation, which must agree on every pair.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from bundle.checks import check_pair, checked_pairs, training_splits
+from bundle.data import SPLIT_KEYS, load_datalist
 from bundle.errors import DataError
 
 from .conftest import REPO, run_bundle
@@ -159,7 +161,7 @@ def write_datalist(root: Path, training: list[str], validation: list[str] | None
 def test_without_validation_pairs_a_share_of_the_training_pairs_validates(tmp_path, caplog):
     write_folder(tmp_path, {f"p{i}": sample_pair(i) for i in range(3)})
     with caplog.at_level(logging.WARNING, logger="bundle.checks"):
-        splits = training_splits(tmp_path, working_size=64)  # 3 pairs: the 80/10/10 split leaves no validation
+        splits = training_splits(tmp_path)  # 3 pairs: the 80/10/10 split leaves no validation
     assert len(splits["training"]) == 2 and len(splits["validation"]) == 1
     assert "has no validation pairs: validating on 1 of its 3 training pairs" in caplog.text
     again = training_splits("", write_datalist(tmp_path, ["p0", "p1", "p2"], validation=[]))
@@ -184,7 +186,7 @@ def test_training_refuses_bad_pairs_before_it_starts_or_leaves_them_out(tmp_path
     proc = run_bundle(*TRAIN, "--datalist", str(datalist), "--bundle_root", str(tmp_path / "refused"))
     assert proc.returncode == 2
     line = _one_error_line(proc)
-    assert line.startswith(f"ERROR 8 bad pair(s) in the training split of {datalist}: "), line
+    assert line.startswith("ERROR 8 bad pair(s) in the training split: "), line
     output = proc.stdout + proc.stderr
     for name, (*_, named, expected) in bad_pairs().items():
         assert f"{item(tmp_path / 'data', name)[named]}: " in output and expected in output, name
@@ -244,3 +246,61 @@ def test_a_validation_set_emptied_by_the_caller_is_refused_in_one_line(tmp_path)
     assert proc.returncode == 2
     assert _one_error_line(proc).startswith("ERROR no validation pairs: nothing would choose models/model.pt")
     assert not (tmp_path / "models").exists()
+
+
+# --- one checker for every path ------------------------------------------------------------------------------------
+
+
+def test_prepare_data_training_and_evaluation_accept_and_refuse_the_same_pairs(tmp_path, caplog):
+    """One corpus of good and bad pairs (every kind above, and 3D Slicer labelmaps) fed to the three paths."""
+    import nibabel as nib
+    from monai.bundle import ConfigParser
+
+    from scripts.prepare_data import prepare_data
+
+    root = write_folder(tmp_path / "data", {**bad_pairs(), **{f"good_{i}": sample_pair(i) for i in range(4)}})
+    for name, index, transposed in (("slicer_good", 4, False), ("slicer_transposed", 5, True)):
+        photo, mask = sample_pair(index)
+        (root / "images" / f"{name}.jpg").write_bytes(photo)
+        voxels = np.asarray(Image.open(io.BytesIO(mask))) > 0  # (H, W); Slicer stores (W, H, 1)
+        voxels = (voxels if transposed else voxels.T)[..., None].astype(np.uint8)
+        nib.save(nib.Nifti1Image(voxels, np.diag([-1.0, -1.0, 1.0, 1.0])), root / "masks" / f"{name}.nii.gz")
+    corpus = [item(root, path.stem) for path in sorted((root / "images").iterdir())]
+    for entry in corpus:
+        if not Path(entry["label"]).is_file():
+            entry["label"] = entry["label"].replace(".png", ".nii.gz")
+
+    def verdicts(kept: list[dict], logged: str) -> tuple[set[str], set[str]]:
+        refused = {Path(entry["image"]).stem for entry in corpus if Path(entry["image"]).stem in logged}
+        return {Path(entry["image"]).stem for entry in kept}, refused
+
+    summary = prepare_data(str(root), out=str(tmp_path / "prepared"))
+    prepared = [entry for key in SPLIT_KEYS for entry in load_datalist(tmp_path / "prepared", key=key)]
+    by_prepare_data = verdicts(prepared, "\n".join(summary["problems"]))
+
+    def parsed(files: list[str], overrides: dict) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser.update({"bundle_root": str(tmp_path / "root"), "skip_bad_pairs": True, "cache_rate": 0.0,
+                       "num_workers": 0, "image_size": 64, **overrides})  # fmt: skip
+        return parser
+
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="bundle.checks"):
+        dataset = parsed([str(REPO / "configs" / "train.json")], {"train#dataset#data": corpus}).get_parsed_content(
+            "train#dataset"
+        )
+    by_training = verdicts(list(dataset.data), caplog.text)
+
+    datalist = tmp_path / "corpus.json"
+    datalist.write_text(json.dumps({"test": corpus}))
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="bundle.checks"):
+        evaluated = parsed([str(REPO / "configs" / "train.json"), str(REPO / "configs" / "evaluate.json")],
+                           {"datalist": str(datalist)}).get_parsed_content("validate#items")  # fmt: skip
+    by_evaluation = verdicts(evaluated, caplog.text)
+
+    assert by_prepare_data == by_training == by_evaluation
+    kept, refused = by_training
+    assert kept == {"good_0", "good_1", "good_2", "good_3", "slicer_good"}
+    assert refused == set(bad_pairs()) | {"slicer_transposed"}

@@ -61,7 +61,8 @@ def _one_error_line(proc) -> str:
         (("--image_size", "100"), "ERROR image_size: 100 is not a multiple of 32"),
         (("--resume", "maybe"), "ERROR resume: 'maybe' is not a yes/no value"),
         (("--dataset_dir", "{tmp}/absent"), "ERROR dataset folder {tmp}/absent does not exist."),
-        (("--dataset_dir", "{tmp}"), "ERROR {tmp} has no datalist.json and no images/ + masks/ folders to pair."),
+        (("--dataset_dir", "{tmp}"), "ERROR {tmp} holds no photo/mask pairs: no datalist.json, no images/ + masks/"),
+        (("--group_by", "0"), "ERROR group_by: folder levels count from 1"),
         (("--datalist", "{tmp}/broken.json"), "ERROR datalist file {tmp}/broken.json is not valid JSON"),
     ],
 )

@@ -139,7 +139,8 @@ def test_load_datalist_without_datalist_pairs_folders_with_suffixes(tmp_path):
 
 
 def test_load_datalist_without_anything_to_read(tmp_path):
-    with pytest.raises(ValueError, match="no datalist.json and no images/ \\+ masks/ folders"):
+    with pytest.raises(ValueError, match=r"holds no photo/mask pairs: no datalist\.json, no images/ \+ masks/ .*"
+                       r"python scripts/prepare_data\.py"):  # fmt: skip
         load_datalist(tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
         load_datalist(tmp_path, "absent.json")
@@ -148,7 +149,7 @@ def test_load_datalist_without_anything_to_read(tmp_path):
 def test_datalist_from_folders_without_any_pair(tmp_path):
     write_image(tmp_path / "images" / "a.jpg")
     write_image(tmp_path / "masks" / "b.png", mask=True)
-    with pytest.raises(ValueError, match="no image in .*images has a mask"):
+    with pytest.raises(ValueError, match="holds no photo/mask pairs"):
         datalist_from_folders(tmp_path)
 
 

@@ -16,7 +16,7 @@ from bundle.data import inference_inputs
 from bundle.errors import BadInputError, CheckpointError, ConfigError, DataError
 from bundle.images import read_photo
 from bundle.inference import LesionSegmenter
-from bundle.transforms import LesionMaskd, write_mask
+from bundle.transforms import LesionMaskd, LoadMaskd, write_mask
 
 from .conftest import REPO, run_bundle
 
@@ -103,7 +103,7 @@ def test_label_files_read_back_as_the_same_binary_mask(tmp_path, ext):
     mask_wh = np.zeros((40, 24), np.uint8)
     mask_wh[5:15, 2:20] = 1
     path = write_mask(mask_wh, tmp_path / f"label{ext}")
-    loaded = LesionMaskd("label")(LoadImaged("label", image_only=True)({"label": str(path)}))["label"]
+    loaded = LoadMaskd("label")({"label": str(path)})["label"]  # training's label reader
     assert tuple(loaded.shape) == (1, 40, 24)
     np.testing.assert_array_equal(loaded[0].numpy(), mask_wh)
 
@@ -112,7 +112,7 @@ def test_noisy_jpeg_mask_is_thresholded(tmp_path):
     mask_hw = np.zeros((32, 48), np.uint8)
     mask_hw[8:24, 10:30] = 255
     Image.fromarray(mask_hw).save(tmp_path / "mask.jpg", quality=60)
-    loaded = LesionMaskd("label")(LoadImaged("label", image_only=True)({"label": str(tmp_path / "mask.jpg")}))["label"]
+    loaded = LoadMaskd("label")({"label": str(tmp_path / "mask.jpg")})["label"]
     assert set(np.unique(loaded.numpy())) <= {0.0, 1.0}
     assert abs(loaded.sum().item() - 16 * 20) <= 16
 
@@ -241,7 +241,8 @@ def test_save_probabilities_false_as_typed_writes_no_probability_map(tmp_path):
 
 
 def test_metaimage_labelmap_from_slicer_is_read_by_itk(tmp_path):
-    """Slicer can also save a labelmap as MetaImage (.mha); MONAI reads it with ITK as (W, H, 1)."""
+    """Slicer can also save a labelmap as MetaImage (.mha); MONAI reads it with ITK as (W, H, 1), and training's
+    reader gives the label MONAI's reader and ``LesionMaskd`` give."""
     import itk
 
     mask_wh = np.zeros((40, 24), np.uint8)
@@ -252,6 +253,8 @@ def test_metaimage_labelmap_from_slicer_is_read_by_itk(tmp_path):
     assert tuple(raw.shape) == (40, 24, 1)
     loaded = LesionMaskd("label")({"label": raw})["label"]
     np.testing.assert_array_equal(loaded[0].numpy(), mask_wh)
+    trained_on = LoadMaskd("label")({"label": str(tmp_path / "label.mha")})["label"]
+    np.testing.assert_array_equal(trained_on.numpy(), loaded.numpy())
 
 
 def test_segment_array_runs_the_same_pipeline_as_files(tmp_path, red_segmenter):

@@ -1,5 +1,8 @@
 """The exported bundle served by MONAI Label's stock ``monaibundle`` app, driven over HTTP the way 3D Slicer's
-MONAI Label module drives it: info, inference with the module's parameters, label upload, training, inference again.
+MONAI Label module drives it: info, inference with the module's parameters, label upload, training, inference again;
+then the wrong turns (an unknown image id, a corrupt photo, labels of another size or not images, too few labels),
+each of which must end as the bundle's one line in the server log and in ``GET /train/``, leaving the model alone.
+All tests share one server (a start costs a minute or more).
 
 Needs the MONAI Label venv (``scripts/setup_monailabel_venv.sh``; ``.ci/run`` builds it) and the real ISIC photos.
 """
@@ -7,6 +10,7 @@ Needs the MONAI Label venv (``scripts/setup_monailabel_venv.sh``; ``.ci/run`` bu
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -22,6 +26,9 @@ pytestmark = pytest.mark.slow
 
 NAME = "rfe_unet_skin_lesion"
 PHOTOS = ("ISIC_0001769", "ISIC_0001852", "ISIC_0003462")  # datastore order: the last one is validation
+# for the wrong turns: with PHOTOS, six photos whose labels sort so that MONAI Label validates on the last one
+TRANSPOSED, HALF_SIZE, LAST = "ISIC_0001871", "ISIC_0003539", "ISIC_0003657"
+CORRUPT = "corrupt_photo"
 SLICER_INFER_PARAMS = {"result_extension": ".nrrd", "result_dtype": "uint8", "result_compress": False}
 
 
@@ -34,8 +41,9 @@ def server(tmp_path_factory, isic_val):
     zip_path = export_zip(small_bundle(base / "bundle"), base / "dist")
     studies = base / "studies"
     studies.mkdir()
-    for stem in PHOTOS:
+    for stem in (*PHOTOS, TRANSPOSED, HALF_SIZE, LAST):
         shutil.copy(isic_val / "images" / f"{stem}.jpg", studies)
+    (studies / f"{CORRUPT}.jpg").write_bytes((isic_val / "images" / f"{PHOTOS[0]}.jpg").read_bytes()[:6000])
     served = MonaiLabelServer(zip_path, studies, base / "apps", isolate_network=can_isolate_network())
     served.start()
     yield served
@@ -155,6 +163,56 @@ def test_slicer_and_png_labels_train_one_epoch_and_inference_still_works(server)
     assert label.shape == np.asarray(Image.open(server.studies / f"{first}.jpg")).shape[:2]
 
 
+def test_an_unknown_image_id_and_a_corrupt_photo_end_as_one_line_in_the_log(server):
+    for image, line in (
+        ("NO_SUCH_IMAGE", "bundle.errors.BadInputError: (empty path): no photograph to read; MONAI Label sends an "
+                          "empty path when the image id of an inference request is not in its datastore"),
+        (CORRUPT, f"bundle.errors.BadInputError: {server.studies / CORRUPT}.jpg: cannot decode image (image file is "
+                  "truncated"),
+    ):  # fmt: skip
+        start = len(server.log_tail(10**9))
+        reply = server.request("POST", server.query(f"/infer/{NAME}", image=image), fields={"params": "{}"})
+        assert reply.status == 500  # MONAI Label answers any failed inference so; its log has the reason
+        log = _log_until(server, start, "bundle.errors.")  # the server logs the error after it has answered
+        assert f"'image': '{image}'" in log  # MONAI Label's own line with the request
+        last = [row for row in log.splitlines() if row.strip() and "[INFO]" not in row][-1]
+        assert last.startswith(line), log[-3000:]
+        assert "During handling" not in log and "direct cause" not in log  # no chained tracebacks
+
+
+def test_labels_of_another_size_are_refused_naming_each_and_the_model_is_kept(server):
+    transposed = Image.open(_isic_mask(TRANSPOSED)).transpose(Image.Transpose.TRANSPOSE)
+    half = Image.open(_isic_mask(HALF_SIZE))
+    half = half.resize((half.width // 2, half.height // 2), Image.Resampling.NEAREST)
+    _set_labels(server, {TRANSPOSED: _png(transposed), HALF_SIZE: _png(half), LAST: _isic_mask(LAST).read_bytes()})
+    status, lines = _train_refused(server)
+    labels = server.studies / "labels" / "final"
+    width, height = Image.open(server.studies / f"{TRANSPOSED}.jpg").size
+    assert (
+        f"{labels / TRANSPOSED}.png: mask is {height}x{width} but its photo {server.studies / TRANSPOSED}.jpg is "
+        f"{width}x{height}" in "\n".join(lines)
+    )
+    assert f"{labels / HALF_SIZE}.png: mask is {half.width}x{half.height} but its photo" in "\n".join(lines)
+    assert lines[-1].startswith("ERROR 2 bad pair(s) in the training split: "), lines
+
+
+def test_a_label_that_is_not_an_image_is_named_in_one_line(server):
+    good = {stem: _isic_mask(stem).read_bytes() for stem in (PHOTOS[1], LAST)}
+    _set_labels(server, {**good, HALF_SIZE: None, TRANSPOSED: b"<html>a web page saved as a label</html>\n" * 20})
+    status, lines = _train_refused(server)
+    label = server.studies / "labels" / "final" / f"{TRANSPOSED}.png"
+    assert lines[-1].startswith(f"ERROR 1 bad pair(s) in the training split: {label}: not an image file"), lines
+
+
+def test_fewer_than_three_labels_give_the_validation_message_in_the_training_status(server):
+    _set_labels(server, dict.fromkeys((*PHOTOS[1:], TRANSPOSED, HALF_SIZE, LAST)))
+    _set_labels(server, {PHOTOS[0]: _isic_mask(PHOTOS[0]).read_bytes()})
+    status, lines = _train_refused(server)
+    assert lines[-1].startswith(
+        "ERROR no validation pairs: nothing would choose models/model.pt. In MONAI Label, label at least 3 images"
+    ), lines
+
+
 def test_stopping_leaves_no_process(server):
     pids = server.group_pids()
     assert server.process.pid in pids
@@ -166,6 +224,57 @@ def _isic_mask(stem: str) -> Path:
     from .conftest import ISIC_VAL
 
     return ISIC_VAL / "masks" / f"{stem}.png"
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _set_labels(server: MonaiLabelServer, labels: dict[str, bytes | None]) -> None:
+    """Submit (bytes, as a .png) or delete (None) the final label of each image, as Slicer's module does; a label
+    already there is deleted first (another format's file would stay beside the new one)."""
+    for stem, content in labels.items():
+        if list((server.studies / "labels" / "final").glob(f"{stem}.*")):
+            server.json("DELETE", server.query("/datastore/label", id=stem, tag="final"))
+        if content is None:
+            continue
+        reply = server.json(
+            "PUT", server.query("/datastore/label", image=stem), fields={"params": "{}"},
+            files={"label": (f"{stem}.png", content)},
+        )  # fmt: skip
+        assert reply == {"image": stem, "label": stem}
+
+
+def _train_refused(server: MonaiLabelServer) -> tuple[dict, list[str]]:
+    """Request one epoch of training that the bundle must refuse: the status, and the output lines it returns.
+
+    The refusal is the last line ``GET /train/`` gives, one line, no traceback; it is in the server log too, and
+    ``models/model.pt`` is unchanged.
+    """
+    checkpoint = _bundle_dir(server) / "models" / "model.pt"
+    before = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    server.json("POST", f"/train/{NAME}", json_body={"max_epochs": 1, "val_split": 0.2, "device": "cpu"})
+    status = _wait_for_training(server)
+    lines = list(status.get("details", []))
+    assert status["status"] == "ERROR", json.dumps(status)[-4000:]
+    assert lines and lines[-1].startswith("ERROR ") and not any("Traceback" in line for line in lines), lines
+    assert lines[-1] in server.log_tail(200_000)
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == before
+    return status, lines
+
+
+def _log_until(server: MonaiLabelServer, start: int, text: str, timeout: float = 60.0) -> str:
+    """The server's log from character ``start`` on, once it holds a line starting with ``text``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        log = server.log_tail(10**9)[start:]
+        if any(line.startswith(text) for line in log.splitlines()) or time.monotonic() > deadline:
+            return log
+        time.sleep(0.5)
 
 
 def _wait_for_training(server: MonaiLabelServer, timeout: float = 600.0) -> dict:
