@@ -13,6 +13,7 @@ import os
 import queue
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -21,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bundle.checkpoint import load_weights
-from bundle.errors import DataError, innermost
+from bundle.checkpoint import load_weights, synthetic_sample_warning
+from bundle.errors import DataError, SyntheticSampleWarning, innermost
 
 __all__ = ["BUNDLE_ROOT", "LesionSegmenter", "SegmentationRunner", "describe_error"]
 
@@ -62,7 +63,8 @@ class SegmentationRunner:
         writer: optional transform that writes ``"pred"`` (e.g. ``SaveMaskd``); ``None`` keeps results in memory.
         device: where the network runs.
         amp: run the network under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
-        ckpt_path: weights loaded at construction by :func:`bundle.checkpoint.load_weights` (warns when missing).
+        ckpt_path: weights loaded at construction by :func:`bundle.checkpoint.load_weights` (warns when missing,
+            and loudly when they were trained on the embedded synthetic sample).
         network_settings: the settings ``network`` was built with; a checkpoint recording others is an error.
         num_workers: DataLoader processes that decode and preprocess the next photographs of :meth:`run` while
             the network runs (0: one thread does it).
@@ -97,6 +99,10 @@ class SegmentationRunner:
             if ckpt_path
             else False
         )
+        # a model that has only seen the synthetic sample gives junk on photographs: say so before every run
+        self.warning = synthetic_sample_warning(ckpt_path) if self.has_weights else None
+        if self.warning:
+            logger.warning(self.warning)
 
     def _autocast(self):
         if not self.amp:
@@ -220,7 +226,8 @@ class SegmentationRunner:
             on_failure=lambda _, reason: print(f"ERROR {reason}", file=sys.stderr, flush=True),
             keep_results=False,
         )
-        print(f"segmented {len(results)} of {len(items)} images; {len(failures)} failed", flush=True)
+        caution = " (by a model trained on the synthetic sample: see the WARNING above)" if self.warning else ""
+        print(f"segmented {len(results)} of {len(items)} images; {len(failures)} failed{caution}", flush=True)
         if failures:
             raise SystemExit(1)
         return 0
@@ -277,6 +284,9 @@ class LesionSegmenter:
         overrides: config keys to set, as on the command line (``{"image_size": 128, "ckpt_path": ...}``).
         config_file: another config file to parse instead of ``<bundle_root>/configs/inference.json``.
 
+    Warns:
+        bundle.errors.SyntheticSampleWarning: the weights were trained on the embedded synthetic sample only.
+
     Raises:
         bundle.errors.BundleError: a configuration value or checkpoint that cannot work.
     """
@@ -295,6 +305,8 @@ class LesionSegmenter:
         self.parser.update({"bundle_root": str(root), **(overrides or {})})
         with _raising_causes():
             self.runner: SegmentationRunner = self.parser.get_parsed_content("runner")
+        if self.runner.warning:
+            warnings.warn(self.runner.warning, SyntheticSampleWarning, stacklevel=2)
 
     def segment(self, item: Item) -> dict[str, Any]:
         """See :meth:`SegmentationRunner.segment`."""

@@ -14,6 +14,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from bundle.checkpoint import model_record, network_settings
+
 from .conftest import REPO, SHARED, run_bundle
 from .test_checkpoint import SETTINGS as RESNET34_128
 
@@ -46,9 +48,12 @@ def test_training_writes_best_and_last_checkpoints(trained_root):
     assert list((trained_root / "models").glob("last_checkpoint_epoch=1.pt"))
     assert list((trained_root / "runs").glob("events.out.tfevents.*"))
     checkpoint = torch.load(trained_root / "models" / "model.pt", weights_only=True)
-    assert set(checkpoint) == {"model", "network"}
-    assert any(key.startswith("encoder.layer3.5.") for key in checkpoint["model"])  # ResNet-34's six blocks
-    assert checkpoint["network"] == RESNET34_128  # what the configs and MONAI Label read back
+    assert all(isinstance(value, torch.Tensor) for value in checkpoint.values())  # a plain state_dict
+    assert any(key.startswith("encoder.layer3.5.") for key in checkpoint)  # ResNet-34's six blocks
+    record = model_record(trained_root / "models" / "model.pt")
+    assert record["network"] == RESNET34_128  # what the configs and MONAI Label read back
+    assert record["data"]["training_pairs"] == 16 and record["data"]["synthetic_sample"] is True
+    assert record["scores"]["epoch"] == 1 and 0 <= record["scores"]["val_mean_dice"] <= 1
 
 
 def test_training_resumes_from_the_last_checkpoint(trained_root, tmp_path):
@@ -161,7 +166,7 @@ def test_exports_take_the_network_from_the_checkpoint(trained_root):
     assert parser.get_parsed_content("network_settings")["image_size"] == 128
 
     network = RFEUNet(backbone="resnet34").eval()
-    network.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    network.load_state_dict(torch.load(ckpt, weights_only=True))
     image = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         expected = network(image)
@@ -272,8 +277,8 @@ def test_two_process_ddp_training_with_gloo(tmp_path):
     _ok(proc)
     assert (tmp_path / "models" / "model.pt").is_file()
     checkpoint = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert checkpoint["network"]["backbone"] == "resnet34"
-    assert checkpoint["model"] and not any(key.startswith("module.") for key in checkpoint["model"])  # DDP unwrapped
+    assert network_settings(tmp_path / "models" / "model.pt")["backbone"] == "resnet34"
+    assert checkpoint and not any(key.startswith("module.") for key in checkpoint)  # DDP unwrapped
 
 
 def test_readme_training_command_on_a_copy_of_the_bundle(tmp_path):
@@ -284,8 +289,8 @@ def test_readme_training_command_on_a_copy_of_the_bundle(tmp_path):
     proc = run_bundle(*TRAIN, "--max_epochs", "1", cwd=root)
     _ok(proc)
     checkpoint = torch.load(root / "models" / "model.pt", weights_only=True)
-    assert checkpoint["network"]["backbone"] == "resnet101"
-    assert any("layer3.22" in key for key in checkpoint["model"])  # ResNet-101's 23-block third stage: the default
+    assert network_settings(root / "models" / "model.pt")["backbone"] == "resnet101"
+    assert any("layer3.22" in key for key in checkpoint)  # ResNet-101's 23-block third stage: the default
 
 
 @pytest.mark.parametrize("typed, has_rfe", [("false", False), (True, True)])
