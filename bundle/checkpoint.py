@@ -3,30 +3,14 @@
 Training writes ``models/model.pt`` as a plain state_dict (through :class:`NetworkCheckpoint`), the layout every
 MONAI tool reads without options (``monai.bundle.load``, ``ckpt_export``, ``onnx_export``, MONAI Label). The record
 of the model travels inside the same file, in the state_dict's ``_metadata`` (where PyTorch keeps its per-module
-version numbers and which ``load_state_dict`` reads by module name only) under :data:`RECORD_KEY`::
+version numbers and which ``load_state_dict`` reads by module name only) under :data:`RECORD_KEY`: a dict with
 
-    {
-        "network": {
-            "name",
-            "backbone",
-            "rfe",
-            "in_channels",
-            "out_channels",
-            "image_size",
-            "pixel_mean",
-            "pixel_std",
-            ...,
-        },  # what builds the network
-        "data": {
-            "dataset",
-            "datalist",
-            "training_pairs",
-            "validation_pairs",
-            "synthetic_sample",
-        },  # what it learnt from
-        "scores": {"epoch", "val_mean_dice", ...},  # its validation when it was saved
-        "about": {...},
-    }  # free text (the demo's provenance)
+- ``network``: what builds the network (``name``, ``backbone``, ``rfe``, ``in_channels``, ``out_channels``,
+  ``image_size``, ``pixel_mean``, ``pixel_std``, and any key a network adds; unknown keys pass through);
+- ``data``: what it learnt from (:func:`bundle.data.describe_training_data`);
+- ``scores``: its validation metrics when it was saved, with the epoch;
+- ``recipe``: how it was trained (loss, epochs, batch size, learning rate, seed, ...);
+- ``about``: free text (the demo's provenance).
 
 All plain values, so ``torch.load(weights_only=True)`` reads it. :func:`network_settings` and
 :func:`training_data` read it, and the older layout ``{"model": <state_dict>, "network": <settings>}`` as well; bare
@@ -252,8 +236,9 @@ def synthetic_sample_warning(path: str | os.PathLike | None) -> str | None:
     return (
         f"!!! {path} was trained on the embedded SYNTHETIC sample (sample_data/, "
         f"{data.get('training_pairs', '?')} drawn pairs, no real photographs): its masks of real photographs are "
-        "meaningless. Use the demo model (add configs/demo.json: --config_file "
-        "\"['configs/inference.json','configs/demo.json']\") or train on your own data (--dataset_dir)."
+        "meaningless. Use a model trained on real photographs: the demo model (in the project's repository: "
+        "--config_file \"['configs/inference.json','configs/demo.json']\"), or train on your own data "
+        "(--dataset_dir)."
     )
 
 
@@ -435,6 +420,7 @@ class NetworkCheckpoint:
         settings: the network settings (``configs/inference.json``'s ``network_settings``).
         data: what :func:`bundle.data.describe_training_data` says about the training data.
         validator: the evaluator whose latest metrics (and epoch) are recorded as ``scores``.
+        recipe: the training options worth knowing later (loss, epochs, ...), plain values.
     """
 
     def __init__(
@@ -443,11 +429,13 @@ class NetworkCheckpoint:
         settings: Mapping[str, Any],
         data: Mapping[str, Any] | None = None,
         validator: Any = None,
+        recipe: Mapping[str, Any] | None = None,
     ) -> None:
         self.network = network
         self.settings = _plain(settings)
         self.data = _plain(data) if data else None
         self.validator = validator
+        self.recipe = _plain(recipe) if recipe else None
 
     def _target(self) -> torch.nn.Module:
         network = self.network
@@ -461,7 +449,7 @@ class NetworkCheckpoint:
         return {"epoch": int(state.epoch), **plain} if plain else None
 
     def state_dict(self) -> OrderedDict:
-        record = {"network": dict(self.settings), "data": self.data, "scores": self.scores()}
+        record = {"network": dict(self.settings), "data": self.data, "scores": self.scores(), "recipe": self.recipe}
         return recorded_state_dict(self._target().state_dict(), record)
 
     def load_state_dict(self, checkpoint: Mapping[str, Any]) -> None:

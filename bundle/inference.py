@@ -23,13 +23,26 @@ import numpy as np
 import torch
 
 from bundle.checkpoint import load_weights, synthetic_sample_warning
-from bundle.errors import DataError, SyntheticSampleWarning, innermost
+from bundle.errors import ConfigError, DataError, SyntheticSampleWarning, innermost
 
 __all__ = ["BUNDLE_ROOT", "LesionSegmenter", "SegmentationRunner", "describe_error"]
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+# Where a wheel install (``pip install .``) puts the bundle's configs, demo checkpoint and sample (pyproject.toml).
+INSTALLED_ROOT = Path(__file__).resolve().parent / "_root"
+
+
+def _default_bundle_root() -> Path:
+    """The folder whose ``configs/`` the package's own bundle is: the source tree when the package runs from one (a
+    checkout, an unpacked zip, an editable install), else the copy a wheel install ships inside the package."""
+    source = Path(__file__).resolve().parents[1]
+    if not (source / "configs" / "inference.json").is_file() and (INSTALLED_ROOT / "configs").is_dir():
+        return INSTALLED_ROOT
+    return source
+
+
+BUNDLE_ROOT = _default_bundle_root()
 
 Item = Mapping[str, Any] | str | os.PathLike
 
@@ -226,7 +239,7 @@ class SegmentationRunner:
             on_failure=lambda _, reason: print(f"ERROR {reason}", file=sys.stderr, flush=True),
             keep_results=False,
         )
-        caution = " (by a model trained on the synthetic sample: see the WARNING above)" if self.warning else ""
+        caution = " (by a model trained on the synthetic sample: see the warning above)" if self.warning else ""
         print(f"segmented {len(results)} of {len(items)} images; {len(failures)} failed{caution}", flush=True)
         if failures:
             raise SystemExit(1)
@@ -280,7 +293,8 @@ class LesionSegmenter:
         result = segmenter.segment_array(rgb_hw3)  # {"pred": (H, W) uint8, "prob": (H, W) float32}
 
     Args:
-        bundle_root: the bundle folder (default: the one holding this package).
+        bundle_root: the bundle folder (default: :data:`BUNDLE_ROOT`, the bundle this package came with: its source
+            tree, or after a wheel install the configs, demo checkpoint and sample installed with it).
         overrides: config keys to set, as on the command line (``{"image_size": 128, "ckpt_path": ...}``).
         config_file: another config file to parse instead of ``<bundle_root>/configs/inference.json``.
 
@@ -300,8 +314,14 @@ class LesionSegmenter:
         from monai.bundle import ConfigParser
 
         root = Path(bundle_root) if bundle_root else BUNDLE_ROOT
+        config_file = Path(config_file or root / "configs" / "inference.json")
+        if not config_file.is_file():
+            raise ConfigError(
+                f"{config_file}: no such file; bundle_root must be a bundle's folder (the one holding configs/, "
+                "e.g. an unpacked bundle zip or this project's repository)"
+            )
         self.parser = ConfigParser()
-        self.parser.read_config(str(config_file or root / "configs" / "inference.json"))
+        self.parser.read_config(str(config_file))
         self.parser.update({"bundle_root": str(root), **(overrides or {})})
         with _raising_causes():
             self.runner: SegmentationRunner = self.parser.get_parsed_content("runner")

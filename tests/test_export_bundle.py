@@ -7,11 +7,9 @@ import functools
 import hashlib
 import http.server
 import json
-import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import threading
 import zipfile
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from PIL import Image
 
 from .conftest import REPO
+from .conftest import receiver_env as _receiver_env
 from .small_bundle import SMALL_NETWORK, copy_bundle, export_zip, small_bundle
 
 PHOTOS = ("ISIC_0001769.jpg", "ISIC_0001852.jpg", "ISIC_0003462.jpg")
@@ -135,17 +134,6 @@ def _serve(folder: Path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
-
-
-def _receiver_env() -> dict:
-    """An environment where the installed packages import but this repository's editable ``bundle`` does not.
-
-    ``python -S`` skips site-packages' ``.pth`` files (the editable install is one); PYTHONPATH then names the
-    site-packages folders themselves, so torch, MONAI & co. still import.
-    """
-    paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return {**env, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
 
 
 def _receiver(*args: str, cwd: Path) -> subprocess.CompletedProcess:
