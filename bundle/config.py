@@ -92,27 +92,33 @@ def image_size(value: object, name: str = "image_size") -> int:
 def inference_part(
     bundle_root: str | os.PathLike, part: str, overrides: Mapping[str, Any] | None = None, **settings: Any
 ) -> Any:
-    """The item ``part`` of ``<bundle_root>/configs/inference.json``, parsed with ``overrides`` set first.
+    """The item ``part`` of the bundle's ``configs/inference.json``, parsed with ``overrides`` set first.
 
     This is how ``configs/train.json`` uses the one pipeline definition (network settings, network, image
-    transforms) from any working directory: a ``%configs/inference.json#...`` macro is read relative to the working
-    directory, this from ``bundle_root``, as the model zoo builds its paths.
+    transforms): the file is ``<bundle_root>/configs/inference.json``, as the model zoo builds its paths, so training
+    runs from any working directory with ``--bundle_root``. When ``bundle_root`` holds no configs (a run folder that
+    only receives the models and logs, as ``scripts/experiments.py`` uses it), it is ``configs/inference.json`` of
+    the working directory, as a ``%configs/inference.json#...`` macro would read it.
 
     Args:
-        bundle_root: the bundle's folder (the one holding ``configs/``).
+        bundle_root: the bundle's folder (the one holding ``configs/``), or a run folder.
         part: the config id to parse, e.g. ``"network_def"``.
         overrides: top-level keys of ``inference.json`` to set, with their values (already parsed).
         settings: keys of ``part`` itself to set (``network_def#backbone`` for ``backbone=...``), as MONAI's
             ``load(net_override=...)`` passes them.
 
     Raises:
-        ConfigError: no ``configs/inference.json`` under ``bundle_root``.
+        ConfigError: neither place has a ``configs/inference.json``.
     """
     from monai.bundle import ConfigParser
 
-    path = Path(bundle_root) / "configs" / "inference.json"
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file; bundle_root must be the bundle's folder (the one holding configs/)")
+    candidates = (Path(bundle_root) / "configs" / "inference.json", Path("configs") / "inference.json")
+    path = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if path is None:
+        raise ConfigError(
+            f"{candidates[0]}: no such file, nor {Path.cwd() / candidates[1]}; --bundle_root must be the bundle's "
+            "folder (the one holding configs/), or run from it"
+        )
     parser = ConfigParser()
     parser.read_config(str(path))
     parser.update({"bundle_root": str(bundle_root), **(overrides or {})})

@@ -147,7 +147,7 @@ def test_exports_take_the_network_from_the_checkpoint(trained_root):
     _ok(run_bundle("verify_net_in_out", "network_def", *common))
     _ok(run_bundle("run", "export", "--config_file", "configs/inference.json", *root))
     plain = trained_root / "plain.ts"
-    weights = ("--ckpt_file", ckpt, "--key_in_ckpt", "model", *common)
+    weights = ("--ckpt_file", ckpt, *common)  # a plain state_dict: no --key_in_ckpt
     _ok(run_bundle("ckpt_export", "network_def", "--filepath", str(plain), *weights))
     onnx = ("--filepath", str(trained_root / "model.onnx"), "--input_shape", "[1, 3, 128, 128]")
     _ok(run_bundle("onnx_export", "network_def", *onnx, *weights))
@@ -194,6 +194,9 @@ def test_inference_and_evaluation_take_the_network_from_the_checkpoint(trained_r
     _ok(proc)
     assert "segmented 24 of 24 images; 0 failed" in proc.stdout
     assert "RANDOM" not in proc.stdout + proc.stderr
+    # trained on the embedded synthetic sample (the README's order): one loud line says so
+    (warning,) = [line for line in (proc.stdout + proc.stderr).splitlines() if "WARNING" in line]
+    assert "models/model.pt was trained on the embedded SYNTHETIC sample (sample_data/, 16 drawn pairs" in warning
     proc = run_bundle(*command, "--backbone", "resnet50")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
