@@ -112,7 +112,7 @@ class SegmentationRunner:
             if ckpt_path
             else False
         )
-        # a model that has only seen the synthetic sample gives junk on photographs: say so before every run
+        # a model that has only seen the synthetic sample gives junk on photographs: say so as it is loaded
         self.warning = synthetic_sample_warning(ckpt_path) if self.has_weights else None
         if self.warning:
             logger.warning(self.warning)
