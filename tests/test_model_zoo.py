@@ -128,7 +128,8 @@ def test_inference_after_training_on_the_sample_warns_once_on_the_cli_and_in_pyt
     warnings = [line for line in output if "WARNING" in line]
     assert len(warnings) == 1, warnings
     assert "models/model.pt" in warnings[0] and "SYNTHETIC" in warnings[0] and "configs/demo.json" in warnings[0]
-    assert output[-1].startswith("segmented 1 of 1 images; 0 failed (by a model trained on the synthetic sample")
+    (summary,) = [line for line in proc.stdout.splitlines() if line.startswith("segmented")]
+    assert summary.startswith("segmented 1 of 1 images; 0 failed (by a model trained on the synthetic sample")
 
     from bundle.inference import LesionSegmenter
 
