@@ -1,10 +1,20 @@
 """Checkpoints that know their network: reading, unwrapping, the recorded settings, and loading into a network.
 
-Training writes ``models/model.pt`` as ``{"model": <state_dict>, "network": <settings>}`` (through
-:class:`NetworkCheckpoint`), where the settings are plain values — ``name``, ``backbone``, ``rfe``, ``in_channels``,
-``out_channels``, ``image_size``, ``pixel_mean``, ``pixel_std`` — so ``torch.load(weights_only=True)`` reads it,
-MONAI Label's ``checkpoint.get("model", checkpoint)`` and ``ckpt_export --key_in_ckpt model`` find the weights, and
-``configs/inference.json`` takes the network from it. Bare state_dicts (older files, other tools) still load.
+Training writes ``models/model.pt`` as a plain state_dict (through :class:`NetworkCheckpoint`), the layout every
+MONAI tool reads without options (``monai.bundle.load``, ``ckpt_export``, ``onnx_export``, MONAI Label). The record
+of the model travels inside the same file, in the state_dict's ``_metadata`` (where PyTorch keeps its per-module
+version numbers and which ``load_state_dict`` reads by module name only) under :data:`RECORD_KEY`: a dict with
+
+- ``network``: what builds the network (``name``, ``backbone``, ``rfe``, ``in_channels``, ``out_channels``,
+  ``image_size``, ``pixel_mean``, ``pixel_std``, and any key a network adds; unknown keys pass through);
+- ``data``: what it learnt from (:func:`bundle.data.describe_training_data`);
+- ``scores``: its validation metrics when it was saved, with the epoch;
+- ``recipe``: how it was trained (loss, epochs, batch size, learning rate, seed, ...);
+- ``about``: free text (the demo's provenance).
+
+All plain values, so ``torch.load(weights_only=True)`` reads it. :func:`network_settings` and
+:func:`training_data` read it, and the older layout ``{"model": <state_dict>, "network": <settings>}`` as well; bare
+state_dicts of other tools still load (with no settings).
 
 Every checkpoint is read by :func:`read_checkpoint` with ``weights_only=True``: a file holding anything but tensors
 and plain values is refused, never retried in a mode that would run code from it.
@@ -19,6 +29,7 @@ import pickle
 import re
 import warnings
 import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,8 +45,12 @@ __all__ = [
     "first_existing",
     "init_from",
     "load_weights",
+    "model_record",
     "network_settings",
     "read_checkpoint",
+    "recorded_state_dict",
+    "synthetic_sample_warning",
+    "training_data",
     "unwrap_state_dict",
 ]
 
@@ -44,6 +59,8 @@ logger = logging.getLogger(__name__)
 # Keys under which other tools wrap a state_dict, tried in this order.
 WRAPPER_KEYS = ("model", "state_dict", "network")
 _DDP_PREFIX = "module."
+# The entry of a state_dict's ``_metadata`` that holds this bundle's record; no module can have this name.
+RECORD_KEY = "@rfe_unet_bundle"
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
@@ -131,22 +148,98 @@ def _plain(settings: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"network settings must be plain values: {error}") from None
 
 
-def network_settings(path: str | os.PathLike | None) -> dict[str, Any] | None:
+def network_settings(
+    path: str | os.PathLike | None, defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
     """The network settings recorded in the checkpoint at ``path``; None for a bare state_dict or no file.
+
+    Args:
+        path: the checkpoint (either layout, see the module docstring).
+        defaults: settings for what the checkpoint does not record (or when there is no checkpoint): the result is
+            ``{**defaults, **recorded}``. Keys that neither side knows pass through untouched.
+
+    Raises:
+        CheckpointError: the file exists but cannot be read (see :func:`read_checkpoint`).
+    """
+    record = model_record(path)
+    recorded = record.get("network") if record else None
+    if defaults is None:
+        return dict(recorded) if recorded else None
+    return {**defaults, **(recorded or {})}
+
+
+def training_data(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """What the checkpoint at ``path`` records about the data it was trained on (see
+    :func:`bundle.data.describe_training_data`); None when it records nothing or there is no file."""
+    record = model_record(path)
+    data = record.get("data") if record else None
+    return dict(data) if isinstance(data, Mapping) else None
+
+
+def model_record(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The whole record of the checkpoint at ``path`` (``network``, ``data``, ``scores``, ``about``, as far as
+    recorded); None for no file or a checkpoint without one. The tensors are mapped, not read.
 
     Raises:
         CheckpointError: the file exists but cannot be read (see :func:`read_checkpoint`).
     """
     if not path or not Path(path).is_file():
         return None
-    return _recorded_settings(read_checkpoint(path, mmap=True))
+    return _record(read_checkpoint(path, mmap=True))
+
+
+def _record(checkpoint: Any) -> dict[str, Any] | None:
+    """The record in ``checkpoint``: the state_dict's ``_metadata`` entry, or the older layout's top-level keys."""
+    metadata = getattr(checkpoint, "_metadata", None)
+    if isinstance(metadata, Mapping) and isinstance(metadata.get(RECORD_KEY), Mapping):
+        return dict(metadata[RECORD_KEY])
+    if not isinstance(checkpoint, Mapping) or _is_state_dict(checkpoint):
+        return None
+    settings = checkpoint.get("network")
+    if not isinstance(settings, Mapping) or _is_state_dict(settings):
+        return None
+    record = {"network": dict(settings)}
+    if isinstance(checkpoint.get("about"), Mapping):
+        record["about"] = dict(checkpoint["about"])
+    return record
 
 
 def _recorded_settings(checkpoint: Any) -> dict[str, Any] | None:
-    settings = checkpoint.get("network") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(settings, Mapping) or _is_state_dict(settings):
+    record = _record(checkpoint)
+    return dict(record["network"]) if record and isinstance(record.get("network"), Mapping) else None
+
+
+def recorded_state_dict(state: Mapping[str, torch.Tensor], record: Mapping[str, Any]) -> OrderedDict:
+    """``state`` as the plain state_dict that ``models/model.pt`` holds, carrying ``record`` in its ``_metadata``.
+
+    Raises:
+        ValueError: ``record`` holds something other than plain values, or has no ``network`` settings.
+    """
+    record = _plain(record)
+    if not isinstance(record.get("network"), Mapping):
+        raise ValueError("a model record needs the 'network' settings")
+    result = OrderedDict(state)
+    metadata = getattr(state, "_metadata", None)
+    result._metadata = OrderedDict(metadata or {})
+    result._metadata[RECORD_KEY] = {key: value for key, value in record.items() if value is not None}
+    return result
+
+
+def synthetic_sample_warning(path: str | os.PathLike | None) -> str | None:
+    """The warning for a checkpoint trained on the embedded synthetic sample (``sample_data/``), else None.
+
+    Such a model has seen 16 drawn blobs, not one photograph: its masks of real photographs are junk.
+    """
+    data = training_data(path)
+    if not data or not data.get("synthetic_sample"):
         return None
-    return dict(settings)
+    return (
+        f"!!! {path} was trained on the embedded SYNTHETIC sample (sample_data/, "
+        f"{data.get('training_pairs', '?')} drawn pairs, no real photographs): its masks of real photographs are "
+        "meaningless. Use a model trained on real photographs: the demo model (in the project's repository: "
+        "--config_file \"['configs/inference.json','configs/demo.json']\"), or train on your own data "
+        "(--dataset_dir)."
+    )
 
 
 def first_existing(*paths: str | os.PathLike) -> str:
@@ -317,21 +410,47 @@ def init_from(
 
 
 class NetworkCheckpoint:
-    """What training saves as ``model.pt`` (``bundle.training.TrainingCheckpoints``): the network's weights and the
-    settings it was built with, ``{"model": <state_dict>, "network": <settings>}`` (:meth:`state_dict`). DDP's
-    wrapper is unwrapped, so names have no ``module.``.
+    """What training saves as ``model.pt`` (``bundle.training.TrainingCheckpoints``): the network's weights as a plain
+    state_dict carrying the model's record (:func:`recorded_state_dict`): the settings it was built with, the data it
+    was trained on and the validation scores of the epoch saved. DDP's wrapper is unwrapped, so names have no
+    ``module.``.
+
+    Args:
+        network: the network (or its DDP wrapper).
+        settings: the network settings (``configs/inference.json``'s ``network_settings``).
+        data: what :func:`bundle.data.describe_training_data` says about the training data.
+        validator: the evaluator whose latest metrics (and epoch) are recorded as ``scores``.
+        recipe: the training options worth knowing later (loss, epochs, ...), plain values.
     """
 
-    def __init__(self, network: torch.nn.Module, settings: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        settings: Mapping[str, Any],
+        data: Mapping[str, Any] | None = None,
+        validator: Any = None,
+        recipe: Mapping[str, Any] | None = None,
+    ) -> None:
         self.network = network
         self.settings = _plain(settings)
+        self.data = _plain(data) if data else None
+        self.validator = validator
+        self.recipe = _plain(recipe) if recipe else None
 
     def _target(self) -> torch.nn.Module:
         network = self.network
         return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self._target().state_dict(), "network": dict(self.settings)}
+    def scores(self) -> dict[str, Any] | None:
+        """The validator's latest metrics as plain numbers, with the epoch they belong to; None before any."""
+        state = getattr(self.validator, "state", None)
+        metrics = getattr(state, "metrics", None) or {}
+        plain = {name: float(value) for name, value in metrics.items() if isinstance(value, (int, float))}
+        return {"epoch": int(state.epoch), **plain} if plain else None
+
+    def state_dict(self) -> OrderedDict:
+        record = {"network": dict(self.settings), "data": self.data, "scores": self.scores(), "recipe": self.recipe}
+        return recorded_state_dict(self._target().state_dict(), record)
 
     def load_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
         state = unwrap_state_dict(checkpoint)

@@ -1,4 +1,4 @@
-"""Checking configuration values as users type them on the command line.
+"""Checking configuration values as users type them on the command line, and reading parts of the bundle's configs.
 
 ``python -m monai.bundle run --resume false`` hands the config the *string* "false" (only ``False`` is parsed as
 a Python literal), and a non-empty string is true: every yes/no key of the configs goes through :func:`flag`.
@@ -9,12 +9,15 @@ wrong value is one :class:`~bundle.errors.ConfigError` naming the key, before an
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
 
 from bundle.errors import ConfigError
 
-__all__ = ["at_least", "choice", "flag", "image_size", "suggestion"]
+__all__ = ["at_least", "choice", "flag", "image_size", "inference_part", "suggestion"]
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0", "none", "")
@@ -84,3 +87,40 @@ def image_size(value: object, name: str = "image_size") -> int:
             f"use {lower} or {lower + SIZE_MULTIPLE}"
         )
     return size
+
+
+def inference_part(
+    bundle_root: str | os.PathLike, part: str, overrides: Mapping[str, Any] | None = None, **settings: Any
+) -> Any:
+    """The item ``part`` of the bundle's ``configs/inference.json``, parsed with ``overrides`` set first.
+
+    This is how ``configs/train.json`` uses the one pipeline definition (network settings, network, image
+    transforms): the file is ``<bundle_root>/configs/inference.json``, as the model zoo builds its paths, so training
+    runs from any working directory with ``--bundle_root``. When ``bundle_root`` holds no configs (a run folder that
+    only receives the models and logs, as ``scripts/experiments.py`` uses it), it is ``configs/inference.json`` of
+    the working directory, as a ``%configs/inference.json#...`` macro would read it.
+
+    Args:
+        bundle_root: the bundle's folder (the one holding ``configs/``), or a run folder.
+        part: the config id to parse, e.g. ``"network_def"``.
+        overrides: top-level keys of ``inference.json`` to set, with their values (already parsed).
+        settings: keys of ``part`` itself to set (``network_def#backbone`` for ``backbone=...``), as MONAI's
+            ``load(net_override=...)`` passes them.
+
+    Raises:
+        ConfigError: neither place has a ``configs/inference.json``.
+    """
+    from monai.bundle import ConfigParser
+
+    candidates = (Path(bundle_root) / "configs" / "inference.json", Path("configs") / "inference.json")
+    path = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if path is None:
+        raise ConfigError(
+            f"{candidates[0]}: no such file, nor {Path.cwd() / candidates[1]}; --bundle_root must be the bundle's "
+            "folder (the one holding configs/), or run from it"
+        )
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    parser.update({"bundle_root": str(bundle_root), **(overrides or {})})
+    parser.update({f"{part}#{key}": value for key, value in settings.items()})
+    return parser.get_parsed_content(part)

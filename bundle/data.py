@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from numbers import Integral
@@ -57,11 +58,16 @@ __all__ = [
     "split_items",
     "kfold",
     "original_files",
+    "describe_training_data",
     "loader_workers",
     "worker_init",
 ]
 
 logger = logging.getLogger(__name__)
+
+# The embedded synthetic sample: its folder in a bundle, and how scripts/make_sample_data.py names its photographs.
+SAMPLE_DATA_FOLDER = "sample_data"
+_SYNTHETIC_NAME = re.compile(r"synthetic_\d+")
 
 # Pillow's plugins that identify a file but cannot decode it by themselves: stubs for scientific formats, MPEG
 # (header only), EPS (needs Ghostscript), WMF/EMF (Windows only).
@@ -741,3 +747,43 @@ def original_files(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 item[key] = original
         result.append(item)
     return result
+
+
+def describe_training_data(
+    training: Sequence[Mapping[str, Any]],
+    validation: Sequence[Mapping[str, Any]] = (),
+    dataset_dir: str | os.PathLike | None = None,
+    datalist: str | os.PathLike | None = None,
+    bundle_root: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """What a checkpoint records about the data it was trained on (``bundle.checkpoint.NetworkCheckpoint``).
+
+    Described from the items themselves, since a caller may replace the configured data (MONAI Label sets
+    ``train#dataset#data`` to its datastore's labels while ``dataset_dir`` still names the sample).
+
+    Returns:
+        ``dataset``: the folder holding all training photographs; ``datalist``: the datalist file when one was
+        given and the items came from it; ``training_pairs`` / ``validation_pairs``: the counts;
+        ``synthetic_sample``: every training photograph is one of the embedded synthetic sample's (in
+        ``<bundle_root>/sample_data`` or named as its generator names them), i.e. the model has never seen a real
+        photograph.
+    """
+    images = [Path(str(item["image"])) for item in training if isinstance(item, Mapping) and "image" in item]
+    folders = {str(path.resolve().parent) for path in images}
+    dataset = os.path.commonpath(sorted(folders)) if folders else str(dataset_dir or "")
+    sample = Path(bundle_root or ".").resolve() / SAMPLE_DATA_FOLDER
+    synthetic = bool(images) and all(
+        path.resolve().is_relative_to(sample) or _SYNTHETIC_NAME.fullmatch(path.stem) for path in images
+    )
+    from_datalist = (
+        bool(datalist)
+        and bool(images)
+        and all(path.resolve().is_relative_to(Path(datalist).resolve().parent) for path in images)
+    )
+    return {
+        "dataset": dataset,
+        "datalist": str(datalist) if from_datalist else "",
+        "training_pairs": len(training),
+        "validation_pairs": len(validation),
+        "synthetic_sample": synthetic,
+    }

@@ -17,6 +17,7 @@ __all__ = [
     "MissingCheckpointError",
     "CheckpointMismatchError",
     "TrainingError",
+    "SyntheticSampleWarning",
     "innermost",
 ]
 
@@ -73,6 +74,10 @@ class CheckpointMismatchError(CheckpointError):
 
 class TrainingError(BundleError):
     """Training that started but cannot go on (e.g. the loss became NaN); its checkpoints from before are kept."""
+
+
+class SyntheticSampleWarning(UserWarning):
+    """Weights trained on the embedded synthetic sample only: their masks of real photographs are junk."""
 
 
 def innermost(error: BaseException) -> BaseException:

@@ -13,6 +13,7 @@ import os
 import queue
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -21,14 +22,27 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from bundle.checkpoint import load_weights
-from bundle.errors import DataError, innermost
+from bundle.checkpoint import load_weights, synthetic_sample_warning
+from bundle.errors import ConfigError, DataError, SyntheticSampleWarning, innermost
 
 __all__ = ["BUNDLE_ROOT", "ClickSession", "LesionSegmenter", "SegmentationRunner", "describe_error"]
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+# Where a wheel install (``pip install .``) puts the bundle's configs, demo checkpoint and sample (pyproject.toml).
+INSTALLED_ROOT = Path(__file__).resolve().parent / "_root"
+
+
+def _default_bundle_root() -> Path:
+    """The folder whose ``configs/`` the package's own bundle is: the source tree when the package runs from one (a
+    checkout, an unpacked zip, an editable install), else the copy a wheel install ships inside the package."""
+    source = Path(__file__).resolve().parents[1]
+    if not (source / "configs" / "inference.json").is_file() and (INSTALLED_ROOT / "configs").is_dir():
+        return INSTALLED_ROOT
+    return source
+
+
+BUNDLE_ROOT = _default_bundle_root()
 
 Item = Union[Mapping[str, Any], str, os.PathLike]  # noqa: UP007 - evaluated at import: Slicer 5.4-5.8 run Python 3.9
 
@@ -62,7 +76,8 @@ class SegmentationRunner:
         writer: optional transform that writes ``"pred"`` (e.g. ``SaveMaskd``); ``None`` keeps results in memory.
         device: where the network runs.
         amp: run the network under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
-        ckpt_path: weights loaded at construction by :func:`bundle.checkpoint.load_weights` (warns when missing).
+        ckpt_path: weights loaded at construction by :func:`bundle.checkpoint.load_weights` (warns when missing,
+            and loudly when they were trained on the embedded synthetic sample).
         network_settings: the settings ``network`` was built with; a checkpoint recording others is an error.
         num_workers: DataLoader processes that decode and preprocess the next photographs of :meth:`run` while
             the network runs (0: one thread does it).
@@ -97,6 +112,10 @@ class SegmentationRunner:
             if ckpt_path
             else False
         )
+        # a model that has only seen the synthetic sample gives junk on photographs: say so as it is loaded
+        self.warning = synthetic_sample_warning(ckpt_path) if self.has_weights else None
+        if self.warning:
+            logger.warning(self.warning)
 
     def _autocast(self):
         if not self.amp:
@@ -253,7 +272,8 @@ class SegmentationRunner:
             on_failure=lambda _, reason: print(f"ERROR {reason}", file=sys.stderr, flush=True),
             keep_results=False,
         )
-        print(f"segmented {len(results)} of {len(items)} images; {len(failures)} failed", flush=True)
+        caution = " (by a model trained on the synthetic sample: see the warning above)" if self.warning else ""
+        print(f"segmented {len(results)} of {len(items)} images; {len(failures)} failed{caution}", flush=True)
         if failures:
             raise SystemExit(1)
         return 0
@@ -344,9 +364,13 @@ class LesionSegmenter:
         result = segmenter.segment_array(rgb_hw3)  # {"pred": (H, W) uint8, "prob": (H, W) float32}
 
     Args:
-        bundle_root: the bundle folder (default: the one holding this package).
+        bundle_root: the bundle folder (default: :data:`BUNDLE_ROOT`, the bundle this package came with: its source
+            tree, or after a wheel install the configs, demo checkpoint and sample installed with it).
         overrides: config keys to set, as on the command line (``{"image_size": 128, "ckpt_path": ...}``).
         config_file: another config file to parse instead of ``<bundle_root>/configs/inference.json``.
+
+    Warns:
+        bundle.errors.SyntheticSampleWarning: the weights were trained on the embedded synthetic sample only.
 
     Raises:
         bundle.errors.BundleError: a configuration value or checkpoint that cannot work.
@@ -361,11 +385,19 @@ class LesionSegmenter:
         from monai.bundle import ConfigParser
 
         root = Path(bundle_root) if bundle_root else BUNDLE_ROOT
+        config_file = Path(config_file or root / "configs" / "inference.json")
+        if not config_file.is_file():
+            raise ConfigError(
+                f"{config_file}: no such file; bundle_root must be a bundle's folder (the one holding configs/, "
+                "e.g. an unpacked bundle zip or this project's repository)"
+            )
         self.parser = ConfigParser()
-        self.parser.read_config(str(config_file or root / "configs" / "inference.json"))
+        self.parser.read_config(str(config_file))
         self.parser.update({"bundle_root": str(root), **(overrides or {})})
         with _raising_causes():
             self.runner: SegmentationRunner = self.parser.get_parsed_content("runner")
+        if self.runner.warning:
+            warnings.warn(self.runner.warning, SyntheticSampleWarning, stacklevel=2)
 
     def segment(self, item: Item) -> dict[str, Any]:
         """See :meth:`SegmentationRunner.segment`."""

@@ -65,9 +65,12 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
     ``path``; until the rename the previous file at ``path`` stays as it was.
     """
 
+    # a state_dict's ``_metadata`` (where models/model.pt keeps its record) survives only on the object itself
+    content = state if hasattr(state, "_metadata") else dict(state)
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
-            torch.save(dict(state), handle)
+            torch.save(content, handle)
             handle.flush()
             os.fsync(handle.fileno())
 

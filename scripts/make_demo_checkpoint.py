@@ -1,5 +1,5 @@
-"""Turn a trained ``models/model.pt`` into a small checkpoint to ship: weights in half precision, the network settings
-kept, and where the weights came from recorded beside them.
+"""Turn a trained ``models/model.pt`` into a small checkpoint to ship: weights in half precision, the model's record
+(network settings, training data, scores) kept, and where the weights came from added to it under ``about``.
 
 The bundle's demo model (``models/demo/rfeunet_resnet34_isic2017_128.pt``, used when no ``models/model.pt`` has been
 trained) was made this way; the recipe is in docs/README.md ("The demo model")::
@@ -11,7 +11,11 @@ trained) was made this way; the recipe is in docs/README.md ("The demo model")::
 
 Half precision halves the file (a ResNet-34 RFE U-Net: 100 MB → 50 MB); the loader copies the values into the
 float32 network, and the scores barely move (the command prints the largest weight change so that it can be
-checked). Loading needs nothing but ``torch.load(weights_only=True)``.
+checked). The file is a plain state_dict with the record in its ``_metadata`` (``bundle.checkpoint``), so loading
+needs nothing but ``torch.load(weights_only=True)``, and MONAI's tools read it without options.
+
+(The committed demo checkpoint predates that layout: it is ``{"model": ..., "network": ..., "about": ...}``, which
+the bundle still reads, and ``scripts/export_bundle.py`` ships it in the new layout.)
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 if __package__ in (None, ""):  # run as `python scripts/make_demo_checkpoint.py`: make `bundle` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.checkpoint import network_settings, read_checkpoint, unwrap_state_dict  # noqa: E402
+from bundle.checkpoint import model_record, read_checkpoint, recorded_state_dict, unwrap_state_dict  # noqa: E402
 from bundle.errors import BundleError, CheckpointError  # noqa: E402
 from bundle.files import atomic_write  # noqa: E402
 
@@ -45,7 +49,7 @@ def make_demo_checkpoint(
     checkpoint: str, out: str, evaluation: str = "", data: str = "", recipe: str = "", licence: str = "CC-0 data"
 ) -> dict[str, Any]:
     """
-    Write ``out`` = ``{"model": <float16 state_dict>, "network": <the settings>, "about": {...}}``.
+    Write ``out``: the float16 state_dict, recording the checkpoint's record plus ``about``.
 
     Args:
         checkpoint: a ``model.pt`` written by training (it must record its network settings).
@@ -61,7 +65,8 @@ def make_demo_checkpoint(
         CheckpointError: the checkpoint cannot be read, holds no state_dict or records no network settings.
         ValueError: the evaluation report cannot be read.
     """
-    settings = network_settings(checkpoint)
+    record = model_record(checkpoint)
+    settings = record.get("network") if record else None
     if settings is None:
         raise CheckpointError(checkpoint, "records no network settings (train it with this bundle's train.json)")
     state = unwrap_state_dict(read_checkpoint(checkpoint))
@@ -78,7 +83,7 @@ def make_demo_checkpoint(
         (float((half[k].float() - v.float()).abs().max()) for k, v in state.items() if v.is_floating_point()),
         default=0.0,
     )
-    content = {"model": half, "network": settings, "about": about}
+    content = recorded_state_dict(half, {**record, "about": about})
     atomic_write(out, lambda tmp: torch.save(content, tmp))
     size = Path(out).stat().st_size
     print(f"wrote {out}: {size / 1e6:.1f} MB, {settings}; largest weight change {change:.2e}", flush=True)

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.request
 from pathlib import Path
@@ -29,6 +30,17 @@ def run_bundle(
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
+
+
+def receiver_env() -> dict:
+    """An environment where the installed packages import but this repository's editable ``bundle`` does not.
+
+    Used with ``python -S``, which skips site-packages' ``.pth`` files (the editable install is one); PYTHONPATH then
+    names the site-packages folders themselves, so torch, MONAI & co. still import.
+    """
+    paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,8 @@ def copy_bundle(destination: Path) -> Path:
 
 
 def write_small_checkpoint(path: Path, seed: int = 0) -> Path:
-    """Write a ResNet-34, 64-pixel RFE U-Net checkpoint (``{"model": ..., "network": ...}``) built by the configs."""
+    """Write a ResNet-34, 64-pixel RFE U-Net checkpoint (as training writes ``models/model.pt``) built by the
+    configs."""
     import torch
     from monai.bundle import ConfigParser
 

@@ -14,6 +14,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from bundle.checkpoint import model_record, network_settings
+
 from .conftest import REPO, SHARED, run_bundle
 from .test_checkpoint import SETTINGS as RESNET34_128
 
@@ -46,9 +48,12 @@ def test_training_writes_best_and_last_checkpoints(trained_root):
     assert list((trained_root / "models").glob("last_checkpoint_epoch=1.pt"))
     assert list((trained_root / "runs").glob("events.out.tfevents.*"))
     checkpoint = torch.load(trained_root / "models" / "model.pt", weights_only=True)
-    assert set(checkpoint) == {"model", "network"}
-    assert any(key.startswith("encoder.layer3.5.") for key in checkpoint["model"])  # ResNet-34's six blocks
-    assert checkpoint["network"] == RESNET34_128  # what the configs and MONAI Label read back
+    assert all(isinstance(value, torch.Tensor) for value in checkpoint.values())  # a plain state_dict
+    assert any(key.startswith("encoder.layer3.5.") for key in checkpoint)  # ResNet-34's six blocks
+    record = model_record(trained_root / "models" / "model.pt")
+    assert record["network"] == RESNET34_128  # what the configs and MONAI Label read back
+    assert record["data"]["training_pairs"] == 16 and record["data"]["synthetic_sample"] is True
+    assert record["scores"]["epoch"] == 1 and 0 <= record["scores"]["val_mean_dice"] <= 1
 
 
 def test_training_resumes_from_the_last_checkpoint(trained_root, tmp_path):
@@ -142,7 +147,7 @@ def test_exports_take_the_network_from_the_checkpoint(trained_root):
     _ok(run_bundle("verify_net_in_out", "network_def", *common))
     _ok(run_bundle("run", "export", "--config_file", "configs/inference.json", *root))
     plain = trained_root / "plain.ts"
-    weights = ("--ckpt_file", ckpt, "--key_in_ckpt", "model", *common)
+    weights = ("--ckpt_file", ckpt, *common)  # a plain state_dict: no --key_in_ckpt
     _ok(run_bundle("ckpt_export", "network_def", "--filepath", str(plain), *weights))
     onnx = ("--filepath", str(trained_root / "model.onnx"), "--input_shape", "[1, 3, 128, 128]")
     _ok(run_bundle("onnx_export", "network_def", *onnx, *weights))
@@ -161,7 +166,7 @@ def test_exports_take_the_network_from_the_checkpoint(trained_root):
     assert parser.get_parsed_content("network_settings")["image_size"] == 128
 
     network = RFEUNet(backbone="resnet34").eval()
-    network.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    network.load_state_dict(torch.load(ckpt, weights_only=True))
     image = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         expected = network(image)
@@ -189,6 +194,9 @@ def test_inference_and_evaluation_take_the_network_from_the_checkpoint(trained_r
     _ok(proc)
     assert "segmented 24 of 24 images; 0 failed" in proc.stdout
     assert "RANDOM" not in proc.stdout + proc.stderr
+    # trained on the embedded synthetic sample (the README's order): one loud line says so
+    (warning,) = [line for line in (proc.stdout + proc.stderr).splitlines() if "WARNING" in line]
+    assert "models/model.pt was trained on the embedded SYNTHETIC sample (sample_data/, 16 drawn pairs" in warning
     proc = run_bundle(*command, "--backbone", "resnet50")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
@@ -272,8 +280,8 @@ def test_two_process_ddp_training_with_gloo(tmp_path):
     _ok(proc)
     assert (tmp_path / "models" / "model.pt").is_file()
     checkpoint = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert checkpoint["network"]["backbone"] == "resnet34"
-    assert checkpoint["model"] and not any(key.startswith("module.") for key in checkpoint["model"])  # DDP unwrapped
+    assert network_settings(tmp_path / "models" / "model.pt")["backbone"] == "resnet34"
+    assert checkpoint and not any(key.startswith("module.") for key in checkpoint)  # DDP unwrapped
 
 
 def test_readme_training_command_on_a_copy_of_the_bundle(tmp_path):
@@ -284,8 +292,8 @@ def test_readme_training_command_on_a_copy_of_the_bundle(tmp_path):
     proc = run_bundle(*TRAIN, "--max_epochs", "1", cwd=root)
     _ok(proc)
     checkpoint = torch.load(root / "models" / "model.pt", weights_only=True)
-    assert checkpoint["network"]["backbone"] == "resnet101"
-    assert any("layer3.22" in key for key in checkpoint["model"])  # ResNet-101's 23-block third stage: the default
+    assert network_settings(root / "models" / "model.pt")["backbone"] == "resnet101"
+    assert any("layer3.22" in key for key in checkpoint)  # ResNet-101's 23-block third stage: the default
 
 
 @pytest.mark.parametrize("typed, has_rfe", [("false", False), (True, True)])

@@ -12,13 +12,16 @@ import torch
 from bundle.checkpoint import (
     NetworkCheckpoint,
     load_weights,
+    model_record,
     network_settings,
     read_checkpoint,
+    training_data,
     unwrap_state_dict,
 )
 from bundle.errors import CheckpointError, CheckpointMismatchError, ConfigError, MissingCheckpointError
 from bundle.inference import LesionSegmenter
 from bundle.networks import RFEUNet
+from bundle.training import save_checkpoint
 
 from .conftest import REPO
 
@@ -57,14 +60,45 @@ def test_unwrap_accepts_every_wrapper_and_ddp_prefix():
     assert unwrap_state_dict([torch.ones(1)]) is None
 
 
-def test_network_checkpoint_writes_what_weights_only_reads(tmp_path, resnet34):
+def test_network_checkpoint_writes_a_plain_state_dict_that_carries_its_record(tmp_path, resnet34):
     path = tmp_path / "model.pt"
-    torch.save(NetworkCheckpoint(resnet34, SETTINGS).state_dict(), path)
+    data = {"dataset": "/d", "datalist": "", "training_pairs": 5, "validation_pairs": 1, "synthetic_sample": False}
+    save_checkpoint(NetworkCheckpoint(resnet34, SETTINGS, data=data).state_dict(), path)  # as training saves it
     loaded = torch.load(path, weights_only=True)
-    assert set(loaded) == {"model", "network"}
-    assert loaded["network"] == SETTINGS
+    assert loaded.keys() == resnet34.state_dict().keys()  # what MONAI's load, ckpt_export and MONAI Label read
+    RFEUNet("resnet34").load_state_dict(loaded, strict=True)
     assert network_settings(path) == SETTINGS
-    assert loaded.get("model", loaded).keys() == resnet34.state_dict().keys()  # what MONAI Label reads
+    assert training_data(path) == data
+    assert model_record(path) == {"network": SETTINGS, "data": data}  # no validator: no scores
+
+
+def test_settings_of_unknown_keys_travel_untouched_and_defaults_fill_the_rest(tmp_path, resnet34):
+    clicks = {**SETTINGS, "in_channels": 6, "guidance": {"kind": "disks"}, "click_radius": 5}
+    path = tmp_path / "model.pt"
+    torch.save(NetworkCheckpoint(resnet34, clicks).state_dict(), path)
+    assert network_settings(path) == clicks
+    assert network_settings(path, {"backbone": "resnet101", "extra": 1}) == {**clicks, "extra": 1}
+    assert network_settings(tmp_path / "absent.pt", {"backbone": "resnet101"}) == {"backbone": "resnet101"}
+    assert network_settings(tmp_path / "absent.pt") is None
+
+
+def test_the_older_layout_still_reads_and_loads(tmp_path, resnet34):
+    path = tmp_path / "old.pt"
+    torch.save({"model": resnet34.state_dict(), "network": SETTINGS, "about": {"data": "d"}}, path)
+    assert network_settings(path) == SETTINGS
+    assert model_record(path) == {"network": SETTINGS, "about": {"data": "d"}}
+    assert training_data(path) is None
+    assert load_weights(RFEUNet("resnet34"), path, expected={"backbone": "resnet34"})
+
+
+def test_weights_of_another_backbone_are_one_line_naming_it(tmp_path, resnet34):
+    path = tmp_path / "bare.pt"
+    torch.save(resnet34.state_dict(), path)  # no record: the backbone is judged from the tensors
+    with pytest.raises(CheckpointMismatchError) as raised:
+        load_weights(RFEUNet("resnet50"), path, expected={"backbone": "resnet50"})
+    message = str(raised.value)
+    assert "\n" not in message and len(message) < 400
+    assert "a resnet34 network" in message and "configured backbone resnet50" in message
 
 
 def test_settings_must_be_plain_values(resnet34):

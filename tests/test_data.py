@@ -26,6 +26,8 @@ from bundle.data import (
     write_datalist,
 )
 
+from .conftest import REPO
+
 
 def write_image(path: Path, size: tuple[int, int] = (12, 8), mask: bool = False) -> Path:
     """A tiny real image: RGB noise, or a 0/255 mask when ``mask``."""
@@ -313,3 +315,28 @@ def test_original_files_point_evaluation_at_the_uncached_photos():
     plain = {"image": "/o/b.jpg", "label": "/o/b.png"}
     assert original_files([cached, plain]) == [{"image": "/o/a.jpg", "label": "/o/a_seg.png", "id": 7}, plain]
     assert cached["image"] == "/c/a.jpg"  # the input is not modified
+
+
+def test_training_data_is_described_from_the_items_themselves(tmp_path):
+    from bundle.data import describe_training_data
+
+    sample = [{"image": str(REPO / "sample_data" / "images" / f"synthetic_00{i}.jpg")} for i in range(3)]
+    described = describe_training_data(sample, sample[:1], dataset_dir=REPO / "sample_data", bundle_root=REPO)
+    assert described == {
+        "dataset": str(REPO / "sample_data" / "images"),
+        "datalist": "",
+        "training_pairs": 3,
+        "validation_pairs": 1,
+        "synthetic_sample": True,
+    }
+    # MONAI Label replaces the items, while dataset_dir still names the sample: the items decide
+    clinic = tmp_path / "clinic"
+    own = [{"image": str(clinic / "a" / "IMG_0001.jpg")}, {"image": str(clinic / "b" / "x.jpg")}]
+    described = describe_training_data(own, [], dataset_dir=REPO / "sample_data", bundle_root=REPO)
+    assert described["dataset"] == str((tmp_path / "clinic").resolve()) and described["synthetic_sample"] is False
+    # the sample copied elsewhere is still recognised by its generator's names; one real photo makes it real data
+    copied = [{"image": str(tmp_path / "copy" / "synthetic_001.jpg")}]
+    assert describe_training_data(copied, bundle_root=REPO)["synthetic_sample"] is True
+    assert describe_training_data(copied + own, bundle_root=REPO)["synthetic_sample"] is False
+    datalist = tmp_path / "clinic" / "datalist.json"
+    assert describe_training_data(own, datalist=datalist)["datalist"] == str(datalist)

@@ -7,11 +7,9 @@ import functools
 import hashlib
 import http.server
 import json
-import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import threading
 import zipfile
 from pathlib import Path
@@ -22,7 +20,8 @@ import torch
 from PIL import Image
 
 from .conftest import REPO
-from .small_bundle import SMALL_NETWORK, copy_bundle, export_zip, small_bundle
+from .conftest import receiver_env as _receiver_env
+from .small_bundle import SMALL_NETWORK, copy_bundle, export_zip, small_bundle, write_small_checkpoint
 
 PHOTOS = ("ISIC_0001769.jpg", "ISIC_0001852.jpg", "ISIC_0003462.jpg")
 
@@ -137,17 +136,6 @@ def _serve(folder: Path):
     return server
 
 
-def _receiver_env() -> dict:
-    """An environment where the installed packages import but this repository's editable ``bundle`` does not.
-
-    ``python -S`` skips site-packages' ``.pth`` files (the editable install is one); PYTHONPATH then names the
-    site-packages folders themselves, so torch, MONAI & co. still import.
-    """
-    paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return {**env, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
-
-
 def _receiver(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-S", *args], cwd=cwd, env=_receiver_env(), capture_output=True, text=True, timeout=900
@@ -244,3 +232,52 @@ def test_received_zip_infers_like_the_repository_and_trains_with_its_own_code(ex
 
     trained = network_settings(after)
     assert (trained["backbone"], trained["image_size"]) == (SMALL_NETWORK["backbone"], SMALL_NETWORK["image_size"])
+
+
+@pytest.mark.slow
+def test_reexport_is_unchanged_and_other_weights_under_the_same_version_are_refused(exported, tmp_path):
+    root, path = exported
+    before = path.read_bytes()
+    proc = _export("--bundle_root", str(root), "--output_dir", str(path.parent), "--torchscript", "true")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith(f"unchanged: an identical {path} (sha256 ")
+    assert path.read_bytes() == before  # TorchScript differs byte for byte between runs, and is derived: ignored
+
+    other = write_small_checkpoint(tmp_path / "models" / "other.pt", seed=1)
+    proc = _export("--bundle_root", str(root), "--output_dir", str(path.parent), "--checkpoint", str(other))
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"ERROR {path}: version 0.1.0 was already exported with other content (models/model.pt")
+    assert "raise 'version' in configs/metadata.json" in line and "e.g. 0.1.1" in line
+    assert path.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_export_names_the_checkpoint_its_data_and_score_and_describes_it(tmp_path):
+    from bundle.checkpoint import model_record, read_checkpoint, recorded_state_dict
+
+    root = copy_bundle(tmp_path / "bundle")
+    small = write_small_checkpoint(tmp_path / "small.pt")
+    data = {"dataset": "/x/sample_data/images", "datalist": "", "training_pairs": 16, "validation_pairs": 4,
+            "synthetic_sample": True}  # fmt: skip
+    record = {**model_record(small), "data": data, "scores": {"epoch": 3, "val_mean_dice": 0.5, "val_mean_iou": 0.25}}
+    (root / "models").mkdir()
+    torch.save(recorded_state_dict(read_checkpoint(small), record), root / "models" / "model.pt")
+    proc = _export("--bundle_root", str(root), "--output_dir", str(tmp_path / "dist"))
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        f"shipped {root / 'models' / 'model.pt'} as models/model.pt: RFE U-Net, ResNet-34 encoder, 64x64 input, "
+        "trained on the embedded SYNTHETIC sample (16 training and 4 validation pairs of drawn blobs, no real "
+        "photographs); val_mean_dice 0.5000, val_mean_iou 0.2500 on the validation pairs at epoch 3"
+    ) in proc.stdout
+    [warning] = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+    assert "SYNTHETIC" in warning
+    with zipfile.ZipFile(next((tmp_path / "dist").glob("*.zip"))) as archive:
+        metadata = json.loads(archive.read("rfe_unet_skin_lesion/configs/metadata.json"))
+        readme = archive.read("rfe_unet_skin_lesion/README.md").decode()
+        inference = json.loads(archive.read("rfe_unet_skin_lesion/configs/inference.json"))
+    assert metadata["eval_metrics"] == {"val_mean_dice": 0.5, "val_mean_iou": 0.25}
+    assert "ResNet-34 encoder, 64x64 input" in metadata["description"] and "SYNTHETIC" in metadata["data_source"]
+    assert "ResNet-101" not in metadata["description"] and "256x256" not in metadata["description"]
+    assert inference["network_defaults"]["backbone"] == "resnet34" and inference["network_defaults"]["image_size"] == 64
+    assert "pip install -e" not in readme and metadata["description"] in readme

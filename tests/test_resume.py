@@ -124,8 +124,8 @@ def test_training_killed_mid_epoch_and_mid_save_resumes_to_the_uninterrupted_res
     # the random states were restored too: the same batches and augmentations gave the same weights
     for name, value in expected["model"].items():
         torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
-    for name, value in load(reference / "models" / "model.pt")["model"].items():
-        torch.testing.assert_close(load(interrupted / "models" / "model.pt")["model"][name], value, rtol=0, atol=0)
+    for name, value in load(reference / "models" / "model.pt").items():
+        torch.testing.assert_close(load(interrupted / "models" / "model.pt")[name], value, rtol=0, atol=0)
 
 
 @pytest.mark.slow
