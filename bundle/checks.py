@@ -28,11 +28,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bundle.data import has_extension, load_datalist, split_items
+from bundle.data import has_extension, load_datalist, original_files, split_items, with_output_names
 from bundle.errors import BadInputError, DataError
 from bundle.images import EXIF_ORIENTATION, displayed_size, lesion_binary, read_photo
 
-__all__ = ["MAX_IN_BETWEEN_SHARE", "check_pair", "checked_pairs", "require_validation", "training_splits"]
+__all__ = [
+    "MAX_IN_BETWEEN_SHARE",
+    "check_pair",
+    "checked_pairs",
+    "evaluation_pairs",
+    "require_validation",
+    "training_splits",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +228,23 @@ def training_splits(
         ", ".join(Path(item["image"]).name for item in parts["validation"]),
     )
     return parts
+
+
+def evaluation_pairs(
+    dataset_dir: str | os.PathLike | None,
+    datalist: str | os.PathLike | None = None,
+    key: str = "test",
+    skip_bad_pairs: bool = False,
+    working_size: int | None = None,
+) -> list[dict[str, Any]]:
+    """The checked pairs of split ``key`` that an evaluation scores: the original-resolution files behind a resized
+    cache (``bundle.data.original_files``), each named for the report (``bundle.data.with_output_names``).
+
+    Raises:
+        DataError: as :func:`bundle.data.load_datalist` and :func:`checked_pairs`.
+    """
+    items = original_files(load_datalist(dataset_dir, datalist, key=key))
+    return with_output_names(checked_pairs(items, key, skip_bad_pairs, working_size, str(datalist or dataset_dir)))
 
 
 def require_validation(dataset: Sequence[Any]) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from bundle.checkpoint import load_weights
+from bundle.data import with_output_names
 from bundle.errors import DataError, innermost
 
 __all__ = ["BUNDLE_ROOT", "LesionSegmenter", "SegmentationRunner", "describe_error"]
@@ -182,12 +183,15 @@ class SegmentationRunner:
     ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         """Segment every item; a file that fails is recorded (and passed to ``on_failure``) and the rest go on.
 
+        Items get an ``"output_name"`` (``bundle.data.output_names``), so a writer keeps each photo's folder
+        relative to the others and two photos of the same name never write the same file.
+
         Returns:
             ``(results, failures)``: the post-processed dicts of the items that succeeded (with
             ``keep_results=False`` only their paths, so a folder of large photos does not pile up full-size
             predictions in memory), and ``(input path, one-line reason)`` for those that failed.
         """
-        items = [_as_item(i) for i in items]
+        items = with_output_names([_as_item(i) for i in items])
         results, failures = [], []
         for index, (item, data, reason) in enumerate(self._prepared(items), start=1):
             source = str(item.get("image"))

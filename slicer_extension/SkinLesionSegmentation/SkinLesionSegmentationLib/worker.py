@@ -117,13 +117,14 @@ class BundleModel:
         }
 
     def batch(self, input_path: str, output_dir: str) -> dict:
-        """Segment every photo of a folder (or a datalist), writing ``<stem>_mask.png`` and ``<stem>.seg.nrrd``.
+        """Segment every photo of a folder (or a datalist), writing ``<name>_mask.png`` and ``<name>.seg.nrrd``, where
+        the name keeps the photo's folder relative to the others' (``bundle.data.output_names``).
 
         Photos are listed and read by the bundle's own functions; a photo that fails is reported and skipped.
         """
         import numpy as np
 
-        from bundle.data import file_stem, list_images
+        from bundle.data import list_images, output_names
         from bundle.images import read_photo
         from bundle.inference import describe_error
 
@@ -131,11 +132,12 @@ class BundleModel:
         if not items:
             raise ValueError(f"{input_path}: no photos found")
         written, failures = [], []
+        names = output_names([item["image"] for item in items])  # p1/IMG_0001 and p2/IMG_0001 stay apart
         for index, item in enumerate(items, start=1):
             source = str(item["image"])
             try:
                 mask = self.segment(np.asarray(read_photo(source)))["pred"]
-                png, seg = results.write_results(mask, output_dir, file_stem(source), self.spec)
+                png, seg = results.write_results(mask, output_dir, names[index - 1], self.spec)
                 written.append([source, str(png), str(seg)])
                 print(f"PROGRESS {index}/{len(items)} {source}", flush=True)
             except Exception as err:  # noqa: BLE001 - one line per photo, the others go on
