@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bundle.data import has_extension, load_datalist, original_files, split_items, with_output_names
+from bundle.data import (
+    DATALIST_NAME,
+    DEFAULT_SPLIT_FRACTIONS,
+    has_extension,
+    load_datalist,
+    original_files,
+    split_items,
+    with_output_names,
+)
 from bundle.errors import BadInputError, DataError
 from bundle.images import EXIF_ORIENTATION, displayed_size, lesion_binary, read_photo
 
@@ -135,6 +143,21 @@ def _listed(lines: Sequence[str]) -> str:
     return "; ".join(lines[:_LISTED]) + more
 
 
+def _require_labels(items: Sequence[Mapping[str, Any]], where: str) -> None:
+    """Refuse items without a ``"label"`` (the mask's path), naming the first, its keys and the key expected."""
+    unlabelled = [item for item in items if not isinstance(item.get("label"), str)]
+    if not unlabelled:
+        return
+    first = unlabelled[0]
+    keys = ", ".join(f'"{key}"' for key in first)
+    other = [key for key in first if key not in ("image", "label") and isinstance(first[key], str)]
+    hint = f'; rename "{other[0]}" to "label"' if len(other) == 1 else ""
+    raise DataError(
+        f'{where}: {len(unlabelled)} of {len(items)} entries have no "label" (the mask\'s path), e.g. the entry of '
+        f'{first.get("image")} has {keys}; each entry needs "image" and "label"{hint}.'
+    )
+
+
 def checked_pairs(
     items: Sequence[Mapping[str, Any]],
     split: str,
@@ -152,12 +175,14 @@ def checked_pairs(
         source: where the split comes from, for the messages (e.g. the datalist file).
 
     Raises:
-        DataError: the split is empty (or empty once bad pairs are left out); a pair is bad and ``skip_bad_pairs``
-            is off (naming each file and its problem); or every mask is empty, or every one full.
+        DataError: the split is empty (or empty once bad pairs are left out); an entry has no ``"label"``; a pair
+            is bad and ``skip_bad_pairs`` is off (naming each file and its problem); or every mask is empty, or
+            every one full.
     """
     where = f"the {split} split" + (f" of {source}" if source else "")
     if not items:
         raise DataError(f"{where} holds no image/mask pairs.")
+    _require_labels(items, where)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="rfe-check") as pool:
         checks = list(pool.map(lambda item: check_pair(item, working_size), items))
     bad = [c.problem for c in checks if c.problem]
@@ -185,6 +210,13 @@ def checked_pairs(
     return [c.item for c in good]
 
 
+def _splits_described(dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None) -> str:
+    if not datalist and dataset_dir and not (Path(dataset_dir) / DATALIST_NAME).is_file():
+        fractions = "/".join(f"{round(100 * f)}" for f in DEFAULT_SPLIT_FRACTIONS)
+        return f"the {fractions} split by file-name hash of {dataset_dir}'s images/ and masks/"
+    return f"the 'training' and 'validation' splits of {datalist or Path(dataset_dir or '.') / DATALIST_NAME}"
+
+
 def training_splits(
     dataset_dir: str | os.PathLike | None,
     datalist: str | os.PathLike | None = None,
@@ -202,6 +234,7 @@ def training_splits(
         DataError: as :func:`checked_pairs`, or fewer than two training pairs and no validation pairs.
     """
     source = str(datalist or dataset_dir)
+    logger.info("Reading every training and validation pair of %s once, to check it...", source)
     training = checked_pairs(load_datalist(dataset_dir, datalist, key="training"), "training", skip_bad_pairs,
                              working_size, source)  # fmt: skip
     try:
@@ -211,8 +244,10 @@ def training_splits(
             raise
         validation = []
     if validation:
-        return {"training": training, "validation": checked_pairs(validation, "validation", skip_bad_pairs,
-                                                                  working_size, source)}  # fmt: skip
+        validation = checked_pairs(validation, "validation", skip_bad_pairs, working_size, source)
+        logger.info("Training on %d pairs, validating on %d: %s.", len(training), len(validation),
+                    _splits_described(dataset_dir, datalist))  # fmt: skip
+        return {"training": training, "validation": validation}
     if len(training) < 2:
         raise DataError(
             f"{source} has {len(training)} training pair and no validation pairs: training needs at least two pairs "
@@ -227,6 +262,7 @@ def training_splits(
         len(training),
         ", ".join(Path(item["image"]).name for item in parts["validation"]),
     )
+    logger.info("Training on %d pairs, validating on %d.", len(parts["training"]), count)
     return parts
 
 
