@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -21,6 +22,7 @@ import torch
 from PIL import Image
 
 from bundle.data import OUTPUT_NAME_KEY
+from bundle.errors import ConfigError
 from bundle.files import atomic_write, write_text_atomically
 from bundle.images import read_photo
 from bundle.metrics import SegmentationScores
@@ -186,8 +188,21 @@ REPORT_FILES = ("metrics.json", "metrics_working.csv", "metrics_original.csv", "
 
 def clear_report(output_dir: str | os.PathLike) -> None:
     """Delete the report files and overlays an earlier evaluation wrote to ``output_dir``, so that a failed or
-    different evaluation never leaves them looking like its own. Other files are left alone."""
+    different evaluation never leaves them looking like its own. Other files are left alone.
+
+    ``configs/evaluate.json`` calls it last before the evaluation runs, once the checkpoint, the data and the
+    options have been checked, so that an evaluation that cannot start keeps the previous report.
+
+    Raises:
+        ConfigError: ``output_dir`` is not a folder that can be made or written to (nothing is deleted).
+    """
     folder = Path(output_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-")
+        probe.close()
+    except OSError as error:
+        raise ConfigError(f"cannot write the evaluation report to {folder} ({error.strerror or error})") from None
     old = [folder / name for name in REPORT_FILES if (folder / name).is_file()]
     overlays = folder / "overlays"
     old += sorted(overlays.rglob("*_overlay.png")) if overlays.is_dir() else []

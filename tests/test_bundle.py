@@ -44,7 +44,7 @@ def trained_root(tmp_path_factory) -> Path:
 def test_training_writes_best_and_last_checkpoints(trained_root):
     assert (trained_root / "models" / "model.pt").is_file()
     assert list((trained_root / "models").glob("last_checkpoint_epoch=1.pt"))
-    assert list((trained_root / "runs").glob("events.out.tfevents.*"))
+    assert list((trained_root / "runs").glob("*_rfeunet_resnet34_128/events.out.tfevents.*"))  # one folder per run
     checkpoint = torch.load(trained_root / "models" / "model.pt", weights_only=True)
     assert set(checkpoint) == {"model", "network"}
     assert any(key.startswith("encoder.layer3.5.") for key in checkpoint["model"])  # ResNet-34's six blocks

@@ -21,6 +21,7 @@ from bundle.training import TrainingCheckpoints, checkpoint_folder, starting_set
 
 from .conftest import REPO, run_bundle
 from .small_bundle import export_zip, small_bundle, write_small_checkpoint
+from .test_export_bundle import _receiver_env  # the receiver's Python: only the zip's own bundle/ imports
 
 TRAIN = ("run", "training", "--config_file", "configs/train.json", "--num_workers", "0")
 SAMPLE = ("--dataset_dir", str(REPO / "sample_data"))
@@ -187,9 +188,9 @@ def test_fine_tuning_in_the_unpacked_zip_starts_from_the_shipped_weights_and_kee
     unpacked = tmp_path / "received" / "rfe_unet_skin_lesion"
     shipped = (unpacked / "models" / "model.pt").read_bytes()
     proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *TRAIN, "--init_weights", "models/model.pt", "--max_epochs", "1",
-         "--learning_rate", "0"],
-        cwd=unpacked, capture_output=True, text=True, timeout=900, env=_without_repository(),
+        [sys.executable, "-S", "-m", "monai.bundle", *TRAIN, "--init_weights", "models/model.pt", "--max_epochs",
+         "1", "--learning_rate", "0"],
+        cwd=unpacked, capture_output=True, text=True, timeout=900, env=_receiver_env(),
     )  # fmt: skip
     output = _ok(proc)
     assert "Training starts from the weights of models/model.pt" in output
@@ -201,13 +202,6 @@ def test_fine_tuning_in_the_unpacked_zip_starts_from_the_shipped_weights_and_kee
     for name, value in before.items():
         if not name.endswith(BN_BUFFERS):  # batch norm statistics follow the data, whatever the learning rate
             torch.testing.assert_close(after[name], value, rtol=0, atol=0, msg=name)
-
-
-def _without_repository() -> dict:
-    """The environment of a receiver: the zip's own ``bundle/`` (the working directory) is the one imported."""
-    import os
-
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONUNBUFFERED": "1"}
 
 
 # --- one line for each wrong turn --------------------------------------------------------------------------------
@@ -248,3 +242,36 @@ def test_a_datalist_with_mask_instead_of_label_is_one_line(tmp_path):
         f'{first} has "image", "mask"; each entry needs "image" and "label"; rename "mask" to "label".'
     )
     assert not (tmp_path / "models").exists()
+
+
+# --- evaluation: checks before it deletes, and --output_dir is where the report goes ---------------------------
+
+
+@pytest.mark.slow
+def test_evaluation_checks_before_it_deletes_the_previous_report_and_writes_where_asked(tmp_path):
+    write_small_checkpoint(tmp_path / "models" / "model.pt")
+    evaluate = ("run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--bundle_root",
+                str(tmp_path), "--num_workers", "0", *SAMPLE)  # fmt: skip
+    _ok(run_bundle(*evaluate))
+    report = {p: p.read_bytes() for p in (tmp_path / "eval").rglob("*") if p.is_file()}
+    assert tmp_path / "eval" / "metrics.json" in report and len(report) == 8  # 4 files and 4 overlays
+    # a datalist without the split to score: one line, and the previous report stays as it was
+    splits = json.loads((REPO / "sample_data" / "datalist.json").read_text())
+    del splits["test"]
+    datalist = tmp_path / "no_test.json"
+    datalist.write_text(json.dumps(splits))
+    proc = run_bundle(*evaluate, "--datalist", str(datalist))
+    assert proc.returncode == 2
+    assert _one_error_line(proc).startswith(f"ERROR datalist file {datalist} has no key 'test'")
+    assert "Removed the previous report" not in proc.stdout + proc.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "eval").rglob("*") if p.is_file()} == report
+    # --output_dir (like inference's) and --eval_dir both choose the report's folder
+    output = _ok(run_bundle(*evaluate, "--output_dir", str(tmp_path / "elsewhere")))
+    assert (tmp_path / "elsewhere" / "metrics.json").is_file() and len(list((tmp_path / "elsewhere").rglob("*.png")))
+    assert {p: p.read_bytes() for p in (tmp_path / "eval").rglob("*") if p.is_file()} == report
+    assert "Removed the previous report" not in output
+    # a report folder that cannot be written is refused before anything is deleted
+    (tmp_path / "a_file").write_text("")
+    proc = run_bundle(*evaluate, "--eval_dir", str(tmp_path / "a_file" / "eval"))
+    assert proc.returncode == 2
+    assert _one_error_line(proc).startswith(f"ERROR cannot write the evaluation report to {tmp_path / 'a_file'}")
