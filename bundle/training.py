@@ -444,6 +444,9 @@ class TrainingCheckpoints:
             path = save_checkpoint(self.best_model.state_dict(), self.save_dir / BEST_MODEL_NAME)
             why = "best validation score" if improved else "last epoch"
             logger.info("Saved %s (%s, epoch %d)", path, why, epoch)
+            from bundle.networks.fastpath import prune_cache
+
+            prune_cache(self.save_dir / ".cache")  # inference.json's ONNX copies of the model just replaced
         state = {name: _state_of(obj) for name, obj in self.state.items()}
         if getattr(self.best_model, "settings", None):  # so that --resume builds this network by itself
             state["network"] = dict(self.best_model.settings)
