@@ -13,6 +13,7 @@ from .small_bundle import write_small_checkpoint
 
 pytestmark = pytest.mark.skipif(not onnxruntime_available(), reason="onnx and onnxruntime are not installed")
 
+
 def _segment(checkpoint) -> None:
     from bundle.inference import LesionSegmenter
 
