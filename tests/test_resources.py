@@ -1,4 +1,5 @@
-"""Resources a user is told about: cached ONNX copies of weights that are gone do not stay on the disk."""
+"""Resources a user is told about: cached ONNX copies of weights that are gone do not stay on the disk, and the
+model sizes the README gives are those of the files."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from bundle.networks.fastpath import SOURCE_SUFFIX, onnxruntime_available, prune
 
 from .small_bundle import write_small_checkpoint
 
-pytestmark = pytest.mark.skipif(not onnxruntime_available(), reason="onnx and onnxruntime are not installed")
+needs_onnxruntime = pytest.mark.skipif(not onnxruntime_available(), reason="onnx and onnxruntime are not installed")
 
 
 def _segment(checkpoint) -> None:
@@ -22,6 +23,7 @@ def _segment(checkpoint) -> None:
     assert segmenter.runner.inferer.engine_name == "onnxruntime"
 
 
+@needs_onnxruntime
 def test_cached_onnx_models_of_weights_that_are_gone_or_changed_are_deleted(tmp_path):
     models = tmp_path / "models"
     checkpoint = write_small_checkpoint(models / "model.pt", seed=0)
@@ -47,6 +49,7 @@ def test_cached_onnx_models_of_weights_that_are_gone_or_changed_are_deleted(tmp_
     assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]
 
 
+@needs_onnxruntime
 def test_training_that_replaces_model_pt_deletes_its_cached_copy(tmp_path):
     from bundle.checkpoint import NetworkCheckpoint
     from bundle.networks import make_network
@@ -61,3 +64,24 @@ def test_training_that_replaces_model_pt_deletes_its_cached_copy(tmp_path):
                                       selection="last")  # fmt: skip
     checkpoints.epoch_completed(type("Engine", (), {"state": type("State", (), {"epoch": 1})()})())
     assert not list((models / ".cache").glob("*.onnx"))
+
+
+def test_the_model_sizes_the_readme_gives_are_those_of_the_files(tmp_path):
+    import re
+
+    import torch
+
+    from bundle.checkpoint import NetworkCheckpoint
+    from bundle.networks import make_network
+
+    from .conftest import REPO
+
+    text = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    stated = re.search(r"(\d+) MB for a ResNet-34 RFE U-Net, (\d+) MB for ResNet-50, (\d+) MB for ResNet-101", text)
+    assert stated, "README's Resources section no longer states the model sizes"
+    for backbone, megabytes in zip(("resnet34", "resnet50", "resnet101"), stated.groups(), strict=True):
+        path = tmp_path / f"{backbone}.pt"
+        network = make_network("rfeunet", backbone=backbone)
+        torch.save(NetworkCheckpoint(network, {"name": "rfeunet", "backbone": backbone}).state_dict(), path)
+        assert round(path.stat().st_size / 1e6) == int(megabytes), backbone
+        path.unlink()
