@@ -217,11 +217,12 @@ def list_images(path: str | os.PathLike, key: str = "test") -> list[dict[str, st
                 f"{path / 'images'}."
             )
         _log_skipped(folder, images)
-        return [{"image": str(p.resolve())} for p in images]
+        # absolute, but links not followed: outputs are named after the files as the folder lists them
+        return [{"image": os.path.abspath(p)} for p in images]
     if path.is_file() and path.suffix.lower() == ".json":
         return inference_inputs("", path, key)
     if path.is_file() and has_extension(path, IMAGE_EXTENSIONS):
-        return [{"image": str(path.resolve())}]
+        return [{"image": os.path.abspath(path)}]
     if path.is_file():
         raise DataError(f"{path} is neither an image (a format Pillow reads) nor a datalist .json file.")
     raise DataError(f"{path} does not exist.")

@@ -41,6 +41,18 @@ def test_names_that_would_still_coincide_are_made_unique():
     assert output_names(["/d/a.jpg", "/d/a.jpg"]) == ["a", "a"]
 
 
+def test_a_folder_of_links_to_photos_elsewhere_names_them_as_the_folder_lists_them(tmp_path):
+    from bundle.data import list_images
+
+    for folder, name in (("a", "x.jpg"), ("b", "y.jpg")):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / name)
+    (tmp_path / "links").mkdir()
+    for target in (tmp_path / "a" / "x.jpg", tmp_path / "b" / "y.jpg"):
+        (tmp_path / "links" / target.name).symlink_to(target)
+    assert output_names([item["image"] for item in list_images(tmp_path / "links")]) == ["x", "y"]
+
+
 def test_items_keep_a_name_they_already_have_and_arrays_get_none():
     items = with_output_names([{"image": "/d/p1/a.jpg"}, {"image": "/d/p2/a.jpg", "output_name": "mine"}])
     assert [i["output_name"] for i in items] == ["p1/a", "mine"]
