@@ -32,7 +32,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bundle.data import groups_apart, item_groups, load_datalist, original_files, split_items
+from bundle.data import (
+    DATALIST_NAME,
+    DEFAULT_SPLIT_FRACTIONS,
+    groups_apart,
+    item_groups,
+    load_datalist,
+    original_files,
+    split_items,
+    with_output_names,
+)
 from bundle.errors import BadInputError, DataError
 from bundle.images import EXIF_ORIENTATION, displayed_size, lesion_binary, read_mask_values, read_photo
 
@@ -126,6 +135,21 @@ def _listed(lines: Sequence[str]) -> str:
     return "; ".join(lines[:_LISTED]) + more
 
 
+def _require_labels(items: Sequence[Mapping[str, Any]], where: str) -> None:
+    """Refuse items without a ``"label"`` (the mask's path), naming the first, its keys and the key expected."""
+    unlabelled = [item for item in items if not isinstance(item.get("label"), str)]
+    if not unlabelled:
+        return
+    first = unlabelled[0]
+    keys = ", ".join(f'"{key}"' for key in first)
+    other = [key for key in first if key not in ("image", "label") and isinstance(first[key], str)]
+    hint = f'; rename "{other[0]}" to "label"' if len(other) == 1 else ""
+    raise DataError(
+        f'{where}: {len(unlabelled)} of {len(items)} entries have no "label" (the mask\'s path), e.g. the entry of '
+        f'{first.get("image")} has {keys}; each entry needs "image" and "label"{hint}.'
+    )
+
+
 def checked_pairs(
     items: Sequence[Mapping[str, Any]],
     split: str,
@@ -143,23 +167,16 @@ def checked_pairs(
         source: where the split comes from, for the messages (e.g. the datalist file).
 
     Raises:
-        DataError: the split is empty (or empty once bad pairs are left out); a pair is bad and ``skip_bad_pairs``
-            is off (naming each file and its problem); or every mask is empty, or every one full.
+        DataError: the split is empty (or empty once bad pairs are left out); an entry has no ``"label"``; a pair
+            is bad and ``skip_bad_pairs`` is off (naming each file and its problem); or every mask is empty, or
+            every one full.
     """
     where = f"the {split} split" + (f" of {source}" if source else "")
     if not items:
         raise DataError(f"{where} holds no image/mask pairs.")
-    if not any("label" in item for item in items):
-        keys = sorted({key for item in items for key in item})
-        raise DataError(
-            f'no entry of {where} names a mask under "label" (their keys: {", ".join(keys)}): each entry is '
-            '{"image": "x.jpg", "label": "x_mask.png"}.'
-        )
+    _require_labels(items, where)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="rfe-check") as pool:
         checks = list(pool.map(lambda item: check_pair(item, working_size), items))
-    for c in checks:
-        if "label" not in c.item and not c.problem:
-            c.problem = f'{c.item["image"]}: its entry names no mask ("label")'
     bad = [c.problem for c in checks if c.problem]
     for line in bad:
         logger.error("%s (%s)", line, "left out" if skip_bad_pairs else where)
@@ -218,6 +235,13 @@ def checked_dataset(
     return CacheDataset(checked_pairs(data, split, skip_bad_pairs, working_size), transform, **cache_args)
 
 
+def _splits_described(dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None) -> str:
+    if not datalist and dataset_dir and not (Path(dataset_dir) / DATALIST_NAME).is_file():
+        fractions = "/".join(f"{round(100 * f)}" for f in DEFAULT_SPLIT_FRACTIONS)
+        return f"the {fractions} split by file-name hash of {dataset_dir}'s images/ and masks/"
+    return f"the 'training' and 'validation' splits of {datalist or Path(dataset_dir or '.') / DATALIST_NAME}"
+
+
 def training_splits(
     dataset_dir: str | os.PathLike | None,
     datalist: str | os.PathLike | None = None,
@@ -236,6 +260,7 @@ def training_splits(
         DataError: as ``bundle.data.load_datalist``, or fewer than two training pairs and no validation pairs.
     """
     source = str(datalist or dataset_dir)
+    logger.info("Reading the training and validation lists of %s...", source)
     training = load_datalist(dataset_dir, datalist, key="training", group_by=group_by)
     try:
         validation = load_datalist(dataset_dir, datalist, key="validation", group_by=group_by)
@@ -246,6 +271,8 @@ def training_splits(
     root = _data_root(dataset_dir, datalist)
     if validation:
         groups_apart({"training": training, "validation": validation}, group_by, root)
+        logger.info("Training on %d pairs, validating on %d: %s.", len(training), len(validation),
+                    _splits_described(dataset_dir, datalist))  # fmt: skip
         return {"training": training, "validation": validation}
     if len(training) < 2:
         raise DataError(
@@ -268,6 +295,7 @@ def training_splits(
         len(training),
         ", ".join(Path(item["image"]).name for item in parts["validation"]),
     )
+    logger.info("Training on %d pairs, validating on %d.", len(parts["training"]), len(parts["validation"]))
     return parts
 
 
@@ -285,7 +313,8 @@ def evaluation_pairs(
     group_by: str | int = "",
 ) -> list[dict[str, Any]]:
     """The checked pairs of split ``key`` that evaluation scores, at their original resolution
-    (``bundle.data.original_files``), split as training split them (``group_by``); with ``group_by``, a group that
+    (``bundle.data.original_files``), each named for the report (``bundle.data.with_output_names``), split as
+    training split them (``group_by``); with ``group_by``, a group that
     also lies in the training split is refused (``bundle.data.groups_apart``).
 
     Raises:
@@ -299,7 +328,7 @@ def evaluation_pairs(
             training = []
         groups_apart({"training": training, key: items}, group_by, _data_root(dataset_dir, datalist))
     items = original_files(items)
-    return checked_pairs(items, key, skip_bad_pairs, working_size, str(datalist or dataset_dir))
+    return with_output_names(checked_pairs(items, key, skip_bad_pairs, working_size, str(datalist or dataset_dir)))
 
 
 def require_validation(dataset: Sequence[Any]) -> None:

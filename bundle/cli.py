@@ -4,6 +4,8 @@ Every config's ``initialize`` starts with ``$bundle.cli.install()``. Inside the 
 
 - refuses an override that names no key of the config files given (the runner would silently ignore
   ``--max_epoch 1`` and train for 50 epochs), suggesting the closest key;
+- answers ``--help`` (or ``-h``) with one screen of the options a user sets for the config files given (training,
+  inference or evaluation), their defaults and what they do, and exits (the runner itself has no help);
 - installs a ``sys.excepthook`` that reports a project error — a :class:`~bundle.errors.BundleError`, or a
   ``ValueError`` raised by the bundle's own code — as one ``ERROR <message>`` line on stderr with the error's exit
   status (2 when the run cannot start), instead of MONAI's two or three chained tracebacks. Any other exception
@@ -20,16 +22,18 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import os
+import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from bundle.config import suggestion
 from bundle.errors import BundleError, ConfigError
 
-__all__ = ["TRACEBACK_ENV", "check_overrides", "excepthook", "install", "project_error"]
+__all__ = ["OPTION_HELP", "TRACEBACK_ENV", "check_overrides", "excepthook", "help_text", "install", "project_error"]
 
 TRACEBACK_ENV = "RFE_TRACEBACK"
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -52,19 +56,25 @@ def _in_monailabel_task() -> bool:
 
 
 def install() -> None:
-    """In ``python -m monai.bundle``: check the command line's overrides, then install :func:`excepthook`; in a
-    MONAI Label task process: install :func:`excepthook`.
+    """In ``python -m monai.bundle``: print :func:`help_text` and exit for ``--help``; else check the command line's
+    overrides, then install :func:`excepthook`. In a MONAI Label task process: install :func:`excepthook`.
 
     Raises:
         ConfigError: an override that is not a key of the config files (reported by the hook as one line).
+        SystemExit: status 0 after printing the help.
     """
     in_runner = _in_bundle_runner()
     if not in_runner and not _in_monailabel_task():
         return
+    argv = sys.argv[1:] if in_runner else []
+    if any(token in ("--help", "-h") or token.startswith("--help=") for token in argv):
+        files = _option_value(argv, "config_file")
+        print(help_text(_config_files(files) if files else []), flush=True)
+        raise SystemExit(0)
     if not os.environ.get(TRACEBACK_ENV):
         sys.excepthook = excepthook
     if in_runner:
-        check_overrides(sys.argv[1:])
+        check_overrides(argv)
 
 
 def _raised_in_bundle(error: BaseException) -> bool:
@@ -155,3 +165,116 @@ def check_overrides(argv: Sequence[str]) -> None:
             f"unknown option --{name}: it is not a key of {', '.join(files_list)}, so the bundle runner would "
             f"ignore it{suggestion(name, sorted(keys | known)).replace('did you mean ', 'did you mean --')}"
         )
+
+
+# One line per option a user sets, for --help. Options whose default is computed say it here; the others show the
+# config's own value. (tests/test_cli.py checks that each one is a key of the configs.)
+OPTION_HELP = {
+    "dataset_dir": "images/ + masks/, a folder with datalist.json, or (inference) photos",
+    "datalist": "a datalist JSON file (training/validation/test: image + label)",
+    "max_epochs": "epochs to train",
+    "batch_size": "photos per iteration",
+    "learning_rate": "Adam's initial learning rate (polynomial decay to 0)",
+    "image_size": "working size in px, a multiple of 32 [resume, fine-tune: the checkpoint's]",
+    "backbone": "resnet34 | resnet50 | resnet101 [likewise]",
+    "network_name": "rfeunet | flexibleunet | basicunet [likewise]",
+    "rfe": "false: plain U-Net skips (the paper's baseline) [likewise]",
+    "loss": "adaptexp | adaptexpce | adaptlog | dicece | dice | bce | exp | focal",
+    "augment": "augmentation groups: flips, rotate, colour (or none)",
+    "model_selection": "best | last: the epoch models/model.pt keeps",
+    "init_weights": "fine-tune: start from this checkpoint's weights (and network)",
+    "pretrained_weights": "an ImageNet ResNet state_dict (.pth) you provide for the encoder",
+    "resume": "true: continue the training in --ckpt_dir from its last checkpoint",
+    "ckpt_dir": "where models go (another training's model there: into a subfolder)",
+    "output_dir": "where the results go (training: TensorBoard runs/<name>/)",
+    "eval_dir": "same as --output_dir",
+    "eval_key": "the datalist split to score",
+    "save_overlays": "write overlays/ (prediction green, truth purple, overlap white)",
+    "noise_std": "Gaussian noise added to the [0, 1] photo (the paper's Table 10)",
+    "ckpt_path": "the checkpoint [auto: models/model.pt, else the demo model]",
+    "datalist_key": "the datalist split to segment",
+    "output_ext": ".png (0/255) | .nrrd | .nii.gz (3D Slicer labelmaps, 0/1)",
+    "save_probabilities": "also write <name>_prob files",
+    "fast_path": "auto | onnxruntime | bn_folded | none (CPU inference speed-ups)",
+    "skip_bad_pairs": "leave unreadable or wrong pairs out (listed) instead of stopping",
+    "device": "cpu, cuda, cuda:N (the N-th GPU), mps [auto: cuda:0 if there is a GPU]",
+    "amp": "mixed precision [auto: on with CUDA]",
+    "num_workers": "data loader processes [auto: one per CPU less one, at most 4]",
+    "cache_rate": "share of the training set decoded and kept in memory",
+    "seed": "random seed of weights, data order and augmentation",
+    "weight_decay": "Adam's weight decay",
+    "val_interval": "validate every N epochs",
+}
+_SHOWN = {
+    "training": ("dataset_dir", "datalist", "max_epochs", "batch_size", "learning_rate", "image_size", "backbone",
+                 "network_name", "rfe", "loss", "augment", "model_selection", "init_weights", "pretrained_weights",
+                 "resume", "ckpt_dir", "output_dir", "skip_bad_pairs", "device", "amp", "num_workers", "cache_rate",
+                 "seed"),
+    "evaluation": ("dataset_dir", "datalist", "eval_key", "ckpt_path", "output_dir", "eval_dir", "save_overlays",
+                   "noise_std", "skip_bad_pairs", "device", "amp", "num_workers"),
+    "inference": ("dataset_dir", "datalist", "datalist_key", "output_dir", "output_ext", "save_probabilities",
+                  "ckpt_path", "fast_path", "device", "amp", "num_workers"),
+}  # fmt: skip
+_DOCS = "README.md (Set up, Inference, Your own data) and docs/README.md"
+
+
+def _purpose(files: Sequence[str]) -> str:
+    names = {Path(f).name for f in files}
+    if "evaluate.json" in names:
+        return "evaluation"
+    return "training" if any(n.endswith("train.json") for n in names) else "inference"
+
+
+_AUTOMATIC = ("device", "amp", "num_workers", "ckpt_path")  # chosen for the machine: the help text says how
+
+
+def _default(key: str, config: Mapping, depth: int = 0) -> str:
+    """The default of ``key`` in ``config`` as a user reads it: literals as they are; of an expression, the value it
+    falls back on (``@trained.get('backbone', 'resnet101')`` → resnet101, ``... @bundle_root + '/eval'`` → eval)."""
+    value = config.get(key, "")
+    if isinstance(value, str) and value.startswith("%") and "#" in value and depth < 3:  # a macro: the file's value
+        from monai.bundle import ConfigParser
+
+        file, _, item = value[1:].partition("#")
+        try:
+            return _default(item, ConfigParser.load_config_file(file), depth + 1)
+        except (OSError, ValueError):
+            return ""
+    if isinstance(value, str) and value.startswith("@") and depth < 3:
+        return _default(value[1:], config, depth + 1)
+    if not isinstance(value, str) or not value.startswith("$"):
+        return json.dumps(value) if not isinstance(value, str) else (value or '""')
+    if key in _AUTOMATIC:
+        return "auto"
+    fallback = re.search(r"\.get\('\w+', (.+)\)$", value) or re.search(r"@bundle_root \+ '/([^']*)'$", value)
+    return fallback.group(1).strip("'").replace("True", "true").replace("False", "false") if fallback else ""
+
+
+def help_text(files: Sequence[str]) -> str:
+    """One screen of help for ``python -m monai.bundle run`` with the config ``files``: the command, the options a
+    user sets with their defaults (read from the files) and what they do, and where to read more."""
+    from monai.bundle import ConfigParser
+
+    config: dict = {}
+    for file in files:
+        try:
+            config.update(ConfigParser.load_config_file(file))
+        except (OSError, ValueError):
+            pass
+    purpose = _purpose(files)
+    command = {"training": "run training", "evaluation": "run", "inference": "run"}[purpose]
+    shown = " ".join(files) if files else "configs/inference.json"
+    lines = [
+        f"{purpose.capitalize()} with this bundle (run from the bundle root):",
+        f"  python -m monai.bundle {command} --config_file {shown if len(files) < 2 else repr(list(files))} "
+        "[--option value ...]",
+        "",
+        "Options, their defaults, what they do (any other top-level key of the config files works too):",
+    ]
+    for key in _SHOWN[purpose]:
+        if key in config or not config:
+            lines.append(f"  --{key:<19}{_default(key, config):<19} {OPTION_HELP[key]}")
+    if not files:
+        lines.append("  (give --config_file configs/train.json, configs/inference.json, or train.json + evaluate.json)")
+    lines += ["", f"Yes/no options take true or false. More: {_DOCS}."]
+    return "\n".join(lines)

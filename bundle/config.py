@@ -2,8 +2,9 @@
 
 ``python -m monai.bundle run --resume false`` hands the config the *string* "false" (only ``False`` is parsed as
 a Python literal), and a non-empty string is true: every yes/no key of the configs goes through :func:`flag`.
-Option words go through :func:`choice`, counts and sizes through :func:`at_least` and :func:`image_size`, so a
-wrong value is one :class:`~bundle.errors.ConfigError` naming the key, before any work starts.
+Option words go through :func:`choice`, counts and sizes through :func:`at_least` and :func:`image_size`, devices
+through :func:`device`, so a wrong value is one :class:`~bundle.errors.ConfigError` naming the key, before any work
+starts.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from bundle.errors import ConfigError
 
-__all__ = ["at_least", "choice", "flag", "image_size", "inference_part", "suggestion"]
+__all__ = ["at_least", "choice", "device", "flag", "image_size", "inference_part", "suggestion"]
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0", "none", "")
@@ -124,3 +125,39 @@ def inference_part(
     parser.update({"bundle_root": str(bundle_root), **(overrides or {})})
     parser.update({f"{part}#{key}": value for key, value in settings.items()})
     return parser.get_parsed_content(part)
+
+
+def _gpus() -> str:
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not count:
+        return "PyTorch sees no CUDA GPU on this machine; use cpu"
+    return f"PyTorch sees {count} CUDA GPU(s) here: use " + ", ".join(f"cuda:{i}" for i in range(count)) + " or cpu"
+
+
+def device(value: object, name: str = "device") -> object:
+    """``value`` (a ``torch.device`` or a string such as ``cpu``, ``cuda``, ``cuda:1``, ``mps``) if it names a
+    device this machine has; returned as given.
+
+    Raises:
+        ConfigError: for a string that names no device type, or a device that is not here (naming the GPUs there
+            are, and ``cpu``).
+    """
+    import torch
+
+    try:
+        wanted = torch.device(value) if isinstance(value, (str, torch.device)) else None
+    except RuntimeError:
+        wanted = None
+    if wanted is None:
+        raise ConfigError(f"{name}: {value!r} is not a device; use cpu, cuda, cuda:N (the N-th GPU) or mps")
+    if wanted.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (wanted.index or 0) >= count:
+            raise ConfigError(f"{name}: {value!s} is not available: {_gpus()}")
+    elif wanted.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{name}: {value!s} is not available: this machine has no Apple GPU (MPS); use cpu")
+    elif wanted.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{name}: {value!s} is not a device this bundle runs on; use cpu, cuda, cuda:N or mps")
+    return value

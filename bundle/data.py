@@ -59,6 +59,8 @@ __all__ = [
     "kfold",
     "original_files",
     "describe_training_data",
+    "output_names",
+    "with_output_names",
     "loader_workers",
     "worker_init",
 ]
@@ -303,11 +305,12 @@ def list_images(path: str | os.PathLike, key: str = "test") -> list[dict[str, st
                 f"{path / 'images'}{hint}."
             )
         _log_skipped(folder, images)
-        return [{"image": str(p.resolve())} for p in images]
+        # absolute, but links not followed: outputs are named after the files as the folder lists them
+        return [{"image": os.path.abspath(p)} for p in images]
     if path.is_file() and path.suffix.lower() in (".json", ".csv"):
         return inference_inputs("", path, key)
     if path.is_file() and has_extension(path, IMAGE_EXTENSIONS):
-        return [{"image": str(path.resolve())}]
+        return [{"image": os.path.abspath(path)}]
     if path.is_file():
         raise DataError(f"{path} is neither an image (a format Pillow reads) nor a datalist (.json or .csv).")
     raise DataError(f"{path} does not exist.")
@@ -787,3 +790,55 @@ def describe_training_data(
         "validation_pairs": len(validation),
         "synthetic_sample": synthetic,
     }
+
+
+OUTPUT_NAME_KEY = "output_name"
+
+
+def output_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Names for the files written about each input (``<name>_mask.png``, ``<name>_overlay.png``), one per path.
+
+    A name is the input's path relative to the deepest folder holding all the inputs, without the extension and
+    with ``/`` separators: a folder of photos gives plain stems (``IMG_0001``), a datalist listing ``p1/IMG_0001.jpg``
+    and ``p2/IMG_0001.jpg`` gives ``p1/IMG_0001`` and ``p2/IMG_0001``, so that outputs keep the relative folder and
+    never overwrite each other. Different files whose names still coincide, ignoring case (``x.jpg`` beside
+    ``x.png``, or inputs on different drives), keep their extension (``x_jpg``) and then a number (``x_jpg_2``).
+    The same file listed twice gets the same name.
+    """
+    absolute = [os.path.abspath(os.fspath(path)) for path in paths]
+    try:
+        common = os.path.commonpath([os.path.dirname(path) for path in absolute]) if absolute else ""
+    except ValueError:  # inputs on different drives have no common folder
+        common = ""
+    names = []
+    for path in absolute:
+        folder = os.path.relpath(os.path.dirname(path), common) if common else "."
+        names.append(Path(folder, file_stem(path)).as_posix().removeprefix("./"))
+    files_of: dict[str, set[str]] = {}
+    for name, path in zip(names, absolute, strict=True):
+        files_of.setdefault(name.casefold(), set()).add(path)
+    taken: set[str] = set()
+    unique: dict[str, str] = {}
+    for name, path in zip(names, absolute, strict=True):
+        if path in unique:
+            continue
+        if len(files_of[name.casefold()]) > 1:
+            extension = Path(path).name[len(file_stem(path)) :].lstrip(".").replace(".", "_")
+            name = f"{name}_{extension}" if extension else name
+        candidate, number = name, 1
+        while candidate.casefold() in taken:
+            number += 1
+            candidate = f"{name}_{number}"
+        taken.add(candidate.casefold())
+        unique[path] = candidate
+    return [unique[path] for path in absolute]
+
+
+def with_output_names(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of ``items`` with :func:`output_names` of their ``"image"`` paths under ``"output_name"`` (items that
+    already have one keep it; items whose image is not a path get none)."""
+    copies = [dict(item) for item in items]
+    named = [item for item in copies if isinstance(item.get("image"), (str, os.PathLike))]
+    for item, name in zip(named, output_names([item["image"] for item in named]), strict=True):
+        item.setdefault(OUTPUT_NAME_KEY, name)
+    return copies

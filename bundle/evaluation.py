@@ -11,15 +11,18 @@ import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from bundle.data import OUTPUT_NAME_KEY
+from bundle.errors import ConfigError
 from bundle.files import atomic_write, write_text_atomically
 from bundle.images import read_photo
 from bundle.metrics import SegmentationScores
@@ -61,7 +64,10 @@ class SegmentationReport:
 
     Reads from each decollated output item: ``pred_work``/``label`` at the working resolution, (1, w, h), and
     ``pred`` (W, H) / ``label_orig`` (1, W, H) at the photograph's own size — ``pred`` as ``configs/inference.json``'s
-    post-processing leaves it, so evaluation scores exactly what inference writes.
+    post-processing leaves it, so evaluation scores exactly what inference writes. A photograph's row and overlay
+    are named by its ``output_name`` (``bundle.data.with_output_names``): ``p1/IMG_0001.jpg`` and
+    ``p2/IMG_0001.jpg`` get two rows of those names and ``overlays/p1/IMG_0001_overlay.png`` and
+    ``overlays/p2/...``; photographs of one folder keep their plain file names.
 
     Args:
         output_dir: where ``metrics.json``, ``metrics_<res>.csv``, ``metrics.md`` and ``overlays/`` go.
@@ -112,7 +118,9 @@ class SegmentationReport:
 
     def add(self, item: dict) -> None:
         source = str(item["pred"].meta.get("filename_or_obj", "")) if hasattr(item["pred"], "meta") else ""
-        name = Path(source).name or str(len(self.scores["original"]))
+        output_name = str(item.get(OUTPUT_NAME_KEY) or Path(source).stem or len(self.scores["original"]))
+        # the photo's file name in its folder relative to the other photos' (p1/IMG_0001.jpg, p2/IMG_0001.jpg)
+        name = (PurePosixPath(output_name).parent / Path(source).name).as_posix() if source else output_name
         self.scores["working"].add(_as_hw(item["pred_work"]), _as_hw(item["label"]), name=name)
         pred, truth = _as_hw(item["pred"]), _as_hw(item["label_orig"])
         row = self.scores["original"].add(pred, truth, name=name)
@@ -120,14 +128,14 @@ class SegmentationReport:
             "%s: IoU %.4f Dice %.4f (original size %dx%d)", name, row["iou"], row["dice"], pred.shape[1], pred.shape[0]
         )
         if self.save_overlays and source:
-            self._write_overlay(source, pred, truth)
+            self._write_overlay(source, output_name, pred, truth)
 
-    def _write_overlay(self, source: str, pred: np.ndarray, truth: np.ndarray) -> None:
+    def _write_overlay(self, source: str, output_name: str, pred: np.ndarray, truth: np.ndarray) -> None:
         photo = np.asarray(read_photo(source))
         picture = Image.fromarray(overlay(photo, pred, truth))
         if max(picture.size) > self.overlay_size:
             picture.thumbnail((self.overlay_size, self.overlay_size), Image.Resampling.LANCZOS)
-        path = self.output_dir / "overlays" / f"{Path(source).stem}_overlay.png"
+        path = self.output_dir / "overlays" / f"{output_name}_overlay.png"
         atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
     def summary(self) -> dict[str, Any]:
@@ -180,12 +188,29 @@ REPORT_FILES = ("metrics.json", "metrics_working.csv", "metrics_original.csv", "
 
 def clear_report(output_dir: str | os.PathLike) -> None:
     """Delete the report files and overlays an earlier evaluation wrote to ``output_dir``, so that a failed or
-    different evaluation never leaves them looking like its own. Other files are left alone."""
+    different evaluation never leaves them looking like its own. Other files are left alone.
+
+    ``configs/evaluate.json`` calls it last before the evaluation runs, once the checkpoint, the data and the
+    options have been checked, so that an evaluation that cannot start keeps the previous report.
+
+    Raises:
+        ConfigError: ``output_dir`` is not a folder that can be made or written to (nothing is deleted).
+    """
     folder = Path(output_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-")
+        probe.close()
+    except OSError as error:
+        raise ConfigError(f"cannot write the evaluation report to {folder} ({error.strerror or error})") from None
     old = [folder / name for name in REPORT_FILES if (folder / name).is_file()]
-    old += sorted((folder / "overlays").glob("*_overlay.png")) if (folder / "overlays").is_dir() else []
+    overlays = folder / "overlays"
+    old += sorted(overlays.rglob("*_overlay.png")) if overlays.is_dir() else []
     for path in old:
         path.unlink(missing_ok=True)
+    for subfolder in sorted((p for p in overlays.rglob("*") if p.is_dir()), reverse=True) if old else []:
+        if not any(subfolder.iterdir()):  # the per-folder overlays of photos kept in folders (p1/, p2/)
+            subfolder.rmdir()
     if old:
         logger.info("Removed the previous report in %s (%d files)", folder, len(old))
 

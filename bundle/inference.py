@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from bundle.checkpoint import load_weights, synthetic_sample_warning
+from bundle.data import with_output_names
 from bundle.errors import ConfigError, DataError, SyntheticSampleWarning, innermost
 
 __all__ = ["BUNDLE_ROOT", "ClickSession", "LesionSegmenter", "SegmentationRunner", "describe_error"]
@@ -231,13 +232,15 @@ class SegmentationRunner:
         ``on_result(input path, post-processed dict)`` is called for each item that succeeded, before
         ``keep_results=False`` drops its arrays (the Slicer worker writes its result files there); an exception it
         raises counts as that file's failure.
+        Items get an ``"output_name"`` (``bundle.data.output_names``), so a writer keeps each photo's folder
+        relative to the others and two photos of the same name never write the same file.
 
         Returns:
             ``(results, failures)``: the post-processed dicts of the items that succeeded (with
             ``keep_results=False`` only their paths, so a folder of large photos does not pile up full-size
             predictions in memory), and ``(input path, one-line reason)`` for those that failed.
         """
-        items = [_as_item(i) for i in items]
+        items = with_output_names([_as_item(i) for i in items])
         results, failures = [], []
         for index, (item, data, reason) in enumerate(self._prepared(items), start=1):
             source = str(item.get("image"))

@@ -8,6 +8,10 @@
 - :class:`RandomStates` puts every random generator of a training in the checkpoint (torch, CUDA, numpy, Python and
   each random transform's own), so a resumed run draws the same batches and augmentations as an uninterrupted one.
 - :class:`StopOnNonFiniteLoss` ends training at the first NaN or infinite loss, before anything more is saved.
+- :func:`checkpoint_folder` keeps every training's model: a new training never replaces the ``model.pt`` of another
+  one, it writes into a folder of its own and says where. :func:`starting_settings` gives a training that resumes
+  or fine-tunes the network of the checkpoint it starts from, so the network options need not be repeated.
+- :class:`TrainingProgress` logs how far training is and how long it will take.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from bundle.checkpoint import read_checkpoint
-from bundle.errors import CheckpointError, TrainingError
+from bundle.checkpoint import check_settings, network_settings, read_checkpoint, unwrap_state_dict
+from bundle.config import flag
+from bundle.errors import CheckpointError, CheckpointMismatchError, MissingCheckpointError, TrainingError
 from bundle.files import atomic_write
 
 __all__ = [
@@ -33,7 +38,12 @@ __all__ = [
     "RandomStates",
     "StopOnNonFiniteLoss",
     "TrainingCheckpoints",
+    "TrainingProgress",
+    "checkpoint_folder",
+    "last_checkpoints",
     "save_checkpoint",
+    "starting_settings",
+    "training_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +87,139 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
     path = atomic_write(path, write)
     _sync_folder(path.parent)
     return path
+
+
+def last_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The ``last_checkpoint_epoch=N.pt`` files in ``folder``, newest first."""
+    found = [p for p in Path(folder).glob(f"{LAST_CHECKPOINT_PREFIX}*.pt") if p.is_file()]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _resumable(folder: str | os.PathLike) -> tuple[Path, Mapping[str, Any]] | None:
+    """The newest last checkpoint in ``folder`` that reads (tensors mapped, not read), and its content."""
+    for path in last_checkpoints(folder):
+        try:
+            return path, read_checkpoint(path, mmap=True)
+        except CheckpointError:
+            continue
+    return None
+
+
+def starting_settings(
+    ckpt_dir: str | os.PathLike,
+    init_weights: str | os.PathLike | None = "",
+    resume: object = False,
+    defaults: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The network settings of the checkpoint a training starts from, for the options the user did not give, over
+    ``defaults`` (the configuration's own, for settings nothing records).
+
+    With ``resume`` and a last checkpoint in ``ckpt_dir``: the settings it records (older last checkpoints record
+    none: then those of ``model.pt`` beside it, written by the same training). Else, with ``init_weights``: the
+    settings that checkpoint records. Else (or when nothing is recorded) ``defaults``.
+
+    Raises:
+        MissingCheckpointError, CheckpointError: ``init_weights`` names no file, or one that cannot be read.
+    """
+    return {**(defaults or {}), **_recorded_start(ckpt_dir, init_weights, resume)}
+
+
+def _recorded_start(ckpt_dir: str | os.PathLike, init_weights: Any, resume: object) -> dict[str, Any]:
+    if flag(resume, "resume"):
+        found = _resumable(ckpt_dir)
+        if found is not None:
+            recorded = found[1].get("network") if isinstance(found[1], Mapping) else None
+            if isinstance(recorded, Mapping) and "name" in recorded:
+                return dict(recorded)
+            try:
+                return network_settings(Path(ckpt_dir) / BEST_MODEL_NAME) or {}
+            except CheckpointError:
+                return {}
+    if init_weights:
+        if not Path(init_weights).is_file():
+            raise MissingCheckpointError(init_weights, "no such checkpoint file (init_weights)")
+        return network_settings(init_weights) or {}
+    return {}
+
+
+def training_name(settings: Mapping[str, Any], when: float | None = None) -> str:
+    """A training's name: its start time and network, e.g. ``20261203-094500_rfeunet_resnet34_64``: the folder of
+    its TensorBoard logs and, when another training's model is in the way, of its checkpoints."""
+    import time
+
+    parts = [time.strftime("%Y%m%d-%H%M%S", time.localtime(when)), str(settings.get("name", "network"))]
+    if settings.get("name") != "basicunet" and settings.get("backbone"):
+        parts.append(str(settings["backbone"]))
+    if settings.get("name") == "rfeunet" and not settings.get("rfe", True):
+        parts.append("norfe")
+    parts.append(str(settings.get("image_size", "")))
+    return "_".join(part for part in parts if part)
+
+
+def _continues(handlers: Any, model: Path) -> bool:
+    """Whether one of ``handlers`` is a ``CheckpointLoader`` of ``model``: MONAI Label's *Train* starts so from the
+    model it serves, which its training is meant to update."""
+    from monai.handlers import CheckpointLoader
+
+    loaders = [h for h in handlers or () if isinstance(h, CheckpointLoader)]
+    return any(Path(str(h.load_path)).resolve() == model.resolve() for h in loaders)
+
+
+def _describe_model(model: Path) -> str:
+    import time
+
+    try:
+        settings = network_settings(model) or {}
+    except CheckpointError:
+        settings = {}
+    network = " ".join(str(settings[k]) for k in ("name", "backbone") if settings.get(k))
+    size = f" at {settings['image_size']} px" if settings.get("image_size") else ""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(model.stat().st_mtime))
+    return f"({network + size + ', ' if network else ''}saved {when})"
+
+
+def checkpoint_folder(
+    ckpt_dir: str | os.PathLike, name: str, resume: object = False, handlers: Any = (), save: bool = True
+) -> str:
+    """Where a training writes ``model.pt`` and its last checkpoints, so that it never replaces another one's.
+
+    ``ckpt_dir`` itself when it holds no ``model.pt`` or last checkpoint, or when this training continues what it
+    holds: ``resume`` with a last checkpoint there, or a ``CheckpointLoader`` among ``handlers`` that loads its
+    ``model.pt`` (MONAI Label's *Train*, which updates the model it serves). Otherwise the new folder
+    ``ckpt_dir/<name>`` (``-2``, ``-3``... if that exists), with a warning naming the model kept and the folder.
+
+    Args:
+        ckpt_dir: the checkpoint folder asked for (``models/``).
+        name: the training's name (:func:`training_name`).
+        resume: ``--resume``.
+        handlers: the training's handlers.
+        save: whether this process writes (only the first process of a multi-GPU training does, and warns).
+    """
+    folder = Path(ckpt_dir)
+    model = folder / BEST_MODEL_NAME
+    if not model.is_file() and not last_checkpoints(folder):
+        return str(folder)
+    if flag(resume, "resume") and last_checkpoints(folder):
+        return str(folder)
+    if model.is_file() and _continues(handlers, model):
+        return str(folder)
+    target, number = folder / name, 1
+    while target.exists():
+        number += 1
+        target = folder / f"{name}-{number}"
+    if save:
+        held = f"{model} {_describe_model(model)}" if model.is_file() else f"{last_checkpoints(folder)[0]}"
+        again = "; --resume true found no last checkpoint there to continue" if flag(resume, "resume") else ""
+        logger.warning(
+            "%s holds another training's model: %s, kept%s. This training writes to %s (to continue it after an "
+            "interruption: --resume true --ckpt_dir %s; --ckpt_dir chooses another folder).",
+            folder,
+            held,
+            again,
+            target,
+            target,
+        )
+    return str(target)
 
 
 def _generators(obj: Any, seen: set[int]) -> Iterator[np.random.RandomState]:
@@ -173,7 +316,8 @@ class TrainingCheckpoints:
 
     1. if the validator's best score improved in this epoch (or every epoch, with ``selection="last"``),
        ``best_model.state_dict()`` goes to ``model.pt``;
-    2. every object of ``state`` goes to ``last_checkpoint_epoch=N.pt``;
+    2. every object of ``state`` goes to ``last_checkpoint_epoch=N.pt``, with the network settings of
+       ``best_model`` under ``"network"`` (what :func:`starting_settings` reads on resume);
     3. the other ``last_checkpoint_epoch=*.pt`` files are deleted.
 
     Each file is written by :func:`save_checkpoint`. ``model.pt`` comes first: a kill between the two files
@@ -223,15 +367,45 @@ class TrainingCheckpoints:
         self.map_location = map_location
 
     def attach(self, engine) -> None:
+        """Register the handlers; with ``resume``, first check that the checkpoint to resume fits the network.
+
+        Raises:
+            CheckpointMismatchError: the last checkpoint records other network settings, or its weights do not
+                fit the network (raised here, before training starts, as one line).
+        """
         from ignite.engine import Events
 
+        if self.resume:
+            self._check_resumable()
         engine.add_event_handler(Events.STARTED, self.started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
 
     def last_checkpoints(self) -> list[Path]:
         """The last checkpoints in ``save_dir``, newest first."""
-        found = [p for p in self.save_dir.glob(f"{LAST_CHECKPOINT_PREFIX}*.pt") if p.is_file()]
-        return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+        return last_checkpoints(self.save_dir)
+
+    def _check_resumable(self) -> None:
+        found = _resumable(self.save_dir)
+        if found is None:
+            return
+        path, checkpoint = found
+        recorded = checkpoint.get("network") if isinstance(checkpoint, Mapping) else None
+        settings = getattr(self.best_model, "settings", None)
+        if isinstance(recorded, Mapping) and settings:
+            check_settings(path, recorded, settings)
+        model = self.state.get("model")
+        saved = unwrap_state_dict(checkpoint)
+        if model is None or saved is None:
+            return
+        own = _state_of(model)
+        differing = sorted(set(own) ^ set(saved)) or [k for k in own if tuple(own[k].shape) != tuple(saved[k].shape)]
+        if differing:
+            raise CheckpointMismatchError(
+                path,
+                f"its weights do not fit the network to train ({len(differing)} tensors differ, e.g. {differing[0]}); "
+                "leave the network options (--backbone, --network_name, --rfe) out to resume the network it holds",
+            )
 
     def started(self, engine) -> None:
         if self.save:
@@ -280,14 +454,114 @@ class TrainingCheckpoints:
             path = save_checkpoint(self.best_model.state_dict(), self.save_dir / BEST_MODEL_NAME)
             why = "best validation score" if improved else "last epoch"
             logger.info("Saved %s (%s, epoch %d)", path, why, epoch)
-        path = save_checkpoint(
-            {name: _state_of(obj) for name, obj in self.state.items()},
-            self.save_dir / f"{LAST_CHECKPOINT_PREFIX}{epoch}.pt",
-        )
+            from bundle.networks.fastpath import prune_cache
+
+            prune_cache(self.save_dir / ".cache")  # inference.json's ONNX copies of the model just replaced
+        state = {name: _state_of(obj) for name, obj in self.state.items()}
+        if getattr(self.best_model, "settings", None):  # so that --resume builds this network by itself
+            state["network"] = dict(self.best_model.settings)
+        path = save_checkpoint(state, self.save_dir / f"{LAST_CHECKPOINT_PREFIX}{epoch}.pt")
         for older in self.last_checkpoints():
             if older != path:
                 older.unlink(missing_ok=True)
         logger.info("Saved %s", path)
+
+    def completed(self, engine) -> None:
+        model = self.save_dir / BEST_MODEL_NAME
+        if self.save and self.best_model is not None and model.is_file():
+            state = getattr(self.validator, "state", None)
+            best, epoch = getattr(state, "best_metric", None), getattr(state, "best_metric_epoch", None)
+            score = f"best validation score {best:.4f} at epoch {epoch}" if isinstance(best, float) else ""
+            kept = "the last epoch" if self.selection == "last" else "the best epoch"
+            logger.info("Training done: the model is %s (%s%s)", model, kept, f"; {score}" if score else "")
+            if (self.save_dir.parent / BEST_MODEL_NAME).is_file():  # written beside another training's model
+                logger.info("Inference and evaluation use it when given --ckpt_path %s", model)
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as people say it: ``45 s``, ``7 min``, ``1 h 40 min``."""
+    seconds = max(0, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class TrainingProgress:
+    """Say what a training does and when it will end, in the trainer's log.
+
+    Before the first iteration (after a resume, the first one it trains): the epochs, iterations per epoch,
+    training pairs and batch size, validation pairs and device. After that iteration and then at most every
+    ``every_s`` seconds: the epoch and iteration, the time per iteration and the time left, estimated from the time
+    since the first iteration started (validation included once an epoch has been validated). It logs through the
+    trainer's logger, which a multi-GPU training quiets on all but the first process.
+
+    Args:
+        validation_data: the validation dataset, to count its pairs.
+        every_s: the least time between two progress lines.
+    """
+
+    def __init__(self, validation_data: Any = None, every_s: float = 30.0) -> None:
+        self.validation_data = validation_data
+        self.every_s = float(every_s)
+        self._start: float | None = None
+        self._last = 0.0
+        self._done_before = 0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.ITERATION_STARTED, self.iteration_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+
+    def started(self, engine) -> None:
+        self._start = None
+
+    def iteration_started(self, engine) -> None:
+        import time
+
+        if self._start is not None:
+            return
+        self._start = self._last = time.monotonic()
+        self._done_before = engine.state.iteration - 1  # iterations a resumed training had done
+        loader = engine.state.dataloader
+        pairs = len(loader.dataset) if hasattr(loader, "dataset") else "?"
+        first, last = engine.state.epoch, engine.state.max_epochs
+        epochs = f"epoch {last}" if first == last else f"epochs {first} to {last}"
+        validation = f", validating on {len(self.validation_data)} pairs" if self.validation_data is not None else ""
+        device = next((f" on {p.device}" for p in getattr(engine, "network", torch.nn.Module()).parameters()), "")
+        engine.logger.info(
+            "Training %s: %d iterations per epoch (%s training pairs, batch %s)%s%s.",
+            epochs,
+            engine.state.epoch_length,
+            pairs,
+            getattr(loader, "batch_size", "?"),
+            validation,
+            device,
+        )
+
+    def iteration_completed(self, engine) -> None:
+        import time
+
+        now = time.monotonic()
+        done = engine.state.iteration - self._done_before
+        if self._start is None or (done > 1 and now - self._last < self.every_s):
+            return
+        self._last = now
+        per_iteration = (now - self._start) / done
+        length = engine.state.epoch_length
+        left = engine.state.max_epochs * length - engine.state.iteration
+        engine.logger.info(
+            "Progress: epoch %d/%d, iteration %d/%d, %.2f s per iteration; about %s left%s.",
+            engine.state.epoch,
+            engine.state.max_epochs,
+            (engine.state.iteration - 1) % length + 1,
+            length,
+            per_iteration,
+            _duration(per_iteration * left),
+            "" if done > length else " (plus the validations, not timed yet)",
+        )
 
 
 class StopOnNonFiniteLoss:

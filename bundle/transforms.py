@@ -29,7 +29,7 @@ from monai.transforms import MapTransform, Transform
 from PIL import Image
 
 from bundle.config import choice, flag
-from bundle.data import file_stem
+from bundle.data import OUTPUT_NAME_KEY, file_stem
 from bundle.errors import BadInputError, ConfigError
 from bundle.files import atomic_write
 from bundle.images import lesion_binary, photo_from_array, read_mask_values, read_photo_sized, reduce_photo
@@ -474,7 +474,8 @@ class SaveMask(Transform):
     """Write a (W, H) label (and optionally its lesion probability) under ``output_dir``, atomically.
 
     The files are ``<stem><suffix><output_ext>`` and ``<stem>_prob<output_ext>``; ``output_ext`` is one of
-    :data:`MASK_OUTPUT_EXTENSIONS`. Returns the paths written.
+    :data:`MASK_OUTPUT_EXTENSIONS`. ``stem`` may hold folders (``p1/IMG_0001``), created as needed, but not lead
+    out of ``output_dir``. Returns the paths written.
     """
 
     def __init__(self, output_dir: str | os.PathLike, output_ext: str = ".png", suffix: str = "_mask") -> None:
@@ -484,6 +485,8 @@ class SaveMask(Transform):
         self.suffix = suffix
 
     def __call__(self, label: Any, stem: str, prob: Any = None) -> tuple[Path, Path | None]:
+        if Path(stem).is_absolute() or ".." in Path(stem).parts:
+            raise ConfigError(f"output name {stem!r} would write outside {self.output_dir}")
         label_wh = np.asarray(torch.as_tensor(label).detach().cpu(), dtype=np.uint8)
         label_path = write_mask(label_wh, self.output_dir / f"{stem}{self.suffix}{self.output_ext}")
         if prob is None:
@@ -493,7 +496,9 @@ class SaveMask(Transform):
 
 
 class SaveMaskd(MapTransform):
-    """Dictionary wrapper of :class:`SaveMask`, named after the photo in the label's ``filename_or_obj``.
+    """Dictionary wrapper of :class:`SaveMask`, named by the item's ``name_key`` (``"output_name"``: the photo's
+    path relative to the other inputs', which may hold folders, see ``bundle.data.output_names``), else after the
+    photo in the label's ``filename_or_obj``.
 
     With ``probability_key`` the lesion probability under that key is written too. The written paths are stored
     in ``data["<key>_path"]`` (and ``data["<probability_key>_path"]``).
@@ -507,17 +512,20 @@ class SaveMaskd(MapTransform):
         suffix: str = "_mask",
         probability_key: str | None = None,
         allow_missing_keys: bool = False,
+        name_key: str = OUTPUT_NAME_KEY,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.save = SaveMask(output_dir, output_ext, suffix)
         self.probability_key = probability_key
+        self.name_key = name_key
 
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
             source = d[key].meta.get("filename_or_obj") if isinstance(d[key], MetaTensor) else None
             prob = d.get(self.probability_key) if self.probability_key else None
-            label_path, prob_path = self.save(d[key], file_stem(str(source)) if source else "prediction", prob)
+            name = d.get(self.name_key) or (file_stem(str(source)) if source else "prediction")
+            label_path, prob_path = self.save(d[key], str(name), prob)
             d[f"{key}_path"] = str(label_path)
             if prob_path is not None:
                 d[f"{self.probability_key}_path"] = str(prob_path)

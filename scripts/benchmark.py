@@ -1148,7 +1148,7 @@ def write_markdown(path: Path, block: str) -> None:
 def main(
     threads: int | None = None,
     quick: bool = False,
-    sections: str | Sequence[str] = SECTIONS,
+    sections: str | Sequence[str] = "all",
     out_json: str = "docs/performance.json",
     out_md: str = "docs/performance.md",
     overrides: dict | None = None,
@@ -1160,10 +1160,11 @@ def main(
         threads: torch threads for every measurement (default: the CPUs this process may run on); recorded.
         quick: a tiny configuration (64 px, batch 2, one repeat) that checks the machinery in seconds.
         sections: comma-separated subset of ceiling, networks, fast_path, training, end_to_end, batch,
-            slicer_worker.
-        out_json, out_md: where to write; ``out_md`` keeps everything outside the generated block.
-        overrides: configs/inference.json keys for the bundle's own path (end_to_end, batch, slicer_worker),
-            e.g. ``--overrides '{"ckpt_path": "models/model.pt"}'``.
+            slicer_worker; ``all``: every one.
+        out_json: where to write the measurements.
+        out_md: where to write the generated block; everything outside it is kept.
+        overrides: configs/inference.json keys and values for the bundle's own path (end_to_end, batch,
+            slicer_worker), as a JSON object (for example one that sets ckpt_path to models/model.pt).
         case: internal: measure the case described by this JSON file in this (fresh) process.
     """
     if case:
@@ -1172,7 +1173,7 @@ def main(
         return None
     threads = int(threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()))
     torch.set_num_threads(threads)
-    chosen = [sections] if isinstance(sections, str) else list(sections)
+    chosen = list(SECTIONS) if sections == "all" else [sections] if isinstance(sections, str) else list(sections)
     chosen = [s.strip() for item in chosen for s in str(item).split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:

@@ -596,7 +596,7 @@ def ablation(
     dataset_dir: str,
     datalist: str = "",
     out: str = "runs/ablation",
-    losses: str | Sequence[str] = DEFAULT_LOSSES,
+    losses: str | Sequence[str] = "",
     backbones: str | Sequence[str] = "resnet101",
     networks: str | Sequence[str] = "rfeunet",
     max_epochs: int = 50,
@@ -617,7 +617,8 @@ def ablation(
         dataset_dir: the data root.
         datalist: the datalist file (default: ``dataset_dir/datalist.json``, or the images/masks folders).
         out: the experiment folder.
-        losses: comma-separated loss names (see ``bundle.losses.LOSS_NAMES``).
+        losses: comma-separated loss names (see ``bundle.losses.LOSS_NAMES``); default: Table 8's rows, bce,
+            dice, focal, exp and adaptexp.
         backbones: comma-separated ResNet backbones.
         networks: comma-separated networks (see :data:`NETWORKS`): ``rfeunet``, ``rfeunet-norfe`` (Table 9's
             baseline without RFE), ``flexibleunet``, ``basicunet``.
@@ -633,7 +634,7 @@ def ablation(
     Raises:
         ValueError: when an option or the dataset is wrong (before anything runs).
     """
-    loss_names = _names(losses, "loss", LOSS_NAMES)
+    loss_names = _names(losses or DEFAULT_LOSSES, "loss", LOSS_NAMES)
     backbone_names = _names(backbones, "backbone", BACKBONES)
     network_labels = _names(networks, "network", NETWORKS)
     _check_training_options(max_epochs, image_size, batch_size, noise_std)
@@ -719,9 +720,17 @@ def folds(
         datalists: the fold datalist files, e.g. ``"D/datalist_fold*.json"`` (as ``scripts/prepare_data.py
             --folds 5`` writes them: the held-out fold is ``test``, the checkpoint is chosen on ``validation``).
         out: the experiment folder.
-        loss, backbone: the configuration (default: the paper's).
+        loss: the loss (default: the paper's).
+        backbone: the ResNet encoder (default: the paper's).
         eval_key: the split each fold is evaluated on.
-        max_epochs, image_size, batch_size, num_workers, seed, noise_std, extra, force: as for :func:`ablation`.
+        max_epochs: training epochs of each fold.
+        image_size: the working resolution, a multiple of 32.
+        batch_size: training batch size.
+        num_workers: data-loading processes (default: the bundle's own).
+        seed: the bundle's random seed.
+        noise_std: when > 0, each fold is also evaluated with Gaussian noise of this σ (Table 10).
+        extra: further bundle overrides for training and evaluation, e.g. ``"--learning_rate 0.001"``.
+        force: redo runs that already have results.
 
     Raises:
         ValueError: when an option, a fold datalist or the dataset is wrong (before anything runs).
@@ -885,17 +894,23 @@ def compare(
     (e.g. the network comparison's and the loss comparison's common row) are trained once.
 
     Args:
-        dataset_dir, datalist: the data (a datalist with training, validation and test splits).
+        dataset_dir: the data root.
+        datalist: the datalist file, with training, validation and test splits (default:
+            ``dataset_dir/datalist.json``).
         out: the experiment folder.
         networks: comma-separated labels of :data:`NETWORKS`.
         losses: comma-separated loss names (see ``bundle.losses.LOSS_NAMES``).
         backbone: the ResNet encoder of the RFE U-Net and FlexibleUNet (BasicUNet has none).
         seeds: comma-separated seeds; each seed changes the initial weights, the data order and the augmentation.
-        max_epochs, image_size, batch_size, num_workers: the training budget and speed (as in :func:`ablation`).
+        max_epochs: training epochs of each run.
+        image_size: the working resolution, a multiple of 32.
+        batch_size: training batch size.
+        num_workers: data-loading processes (default: the bundle's own).
         resolution: ``original`` (each photo's stored size) or ``working`` (image_size²), the one rows are ranked by.
         report: file stem of the report (``<out>/<report>.md``, ``.json``, ``.csv``), so that two comparisons can
             share one ``out`` folder and its runs.
-        extra, force: as for :func:`ablation`.
+        extra: further bundle overrides for training and evaluation, e.g. ``"--learning_rate 0.001"``.
+        force: redo runs that already have results.
 
     Raises:
         ValueError: when an option or the dataset is wrong (before anything runs).

@@ -469,7 +469,15 @@ def main(
     torchscript: bool | str = False,
     allow_random_weights: bool | str = False,
 ) -> None:
-    """Export the bundle as dist/<name>_v<version>.zip (see the module docstring)."""
+    """Export the bundle as dist/<name>_v<version>.zip (see the module docstring).
+
+    Args:
+        bundle_root: the bundle to export.
+        output_dir: where the zip and its .sha256 go.
+        checkpoint: the weights to ship as models/model.pt (default: models/model.pt, else the demo model).
+        torchscript: also ship models/model.ts.
+        allow_random_weights: export without trained weights.
+    """
     root = Path(bundle_root).resolve()
     try:
         weights = shipped_weights(root, checkpoint)  # chosen once here, so the notice names what was shipped

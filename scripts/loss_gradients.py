@@ -38,6 +38,12 @@ def lesion_pixel_gradient(name: str, p: float, lesion_share: float, size: int = 
 
 
 def main(lesion_share: float = 0.05, losses: str | tuple[str, ...] = "bce,focal,exp,adaptexp") -> None:
+    """Print the table of |dL/dz| for one lesion pixel against its predicted lesion probability.
+
+    Args:
+        lesion_share: the share of the image's pixels that are lesion (the paper's k).
+        losses: comma-separated loss names (see ``bundle.losses.LOSS_NAMES``).
+    """
     # fire turns "a,b" into a tuple; a single name stays a string
     names = [n.strip() for n in (losses.split(",") if isinstance(losses, str) else losses) if n.strip()]
     lines = ["| p (lesion pixel) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]

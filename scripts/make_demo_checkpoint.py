@@ -55,7 +55,9 @@ def make_demo_checkpoint(
         checkpoint: a ``model.pt`` written by training (it must record its network settings).
         out: the file to write (atomically).
         evaluation: an evaluation report (``eval/metrics.json``); its summary is stored under ``about``.
-        data, recipe, licence: text stored under ``about``.
+        data: what it was trained on, stored under ``about``.
+        recipe: how it was trained, stored under ``about``.
+        licence: the licence of the data it was trained on, stored under ``about``.
 
     Returns:
         What was written under ``about``, and ``max_weight_change`` (the largest absolute change half precision

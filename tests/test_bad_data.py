@@ -233,10 +233,12 @@ def test_evaluation_reports_what_it_scored_and_never_leaves_a_stale_report(tmp_p
     assert (root / "eval" / "metrics.md").read_text().startswith(f"Scored: checkpoint {checkpoint}, data {datalist}")
     assert sorted(p.name for p in stale.parent.iterdir()) == ["p0_overlay.png", "p1_overlay.png"]
 
+    previous = {p: p.read_bytes() for p in (root / "eval").rglob("*") if p.is_file()}
     proc = run_bundle(*evaluate, "--eval_key", "empty")
     assert proc.returncode == 2
     assert _one_error_line(proc) == f"ERROR the empty split of {datalist} holds no image/mask pairs."
-    assert not (root / "eval" / "metrics.json").exists() and not list(stale.parent.iterdir())
+    # refused before it started: the previous report, which names what it scored, is kept as it was
+    assert {p: p.read_bytes() for p in (root / "eval").rglob("*") if p.is_file()} == previous
 
 
 def test_a_validation_set_emptied_by_the_caller_is_refused_in_one_line(tmp_path):

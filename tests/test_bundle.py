@@ -46,7 +46,7 @@ def trained_root(tmp_path_factory) -> Path:
 def test_training_writes_best_and_last_checkpoints(trained_root):
     assert (trained_root / "models" / "model.pt").is_file()
     assert list((trained_root / "models").glob("last_checkpoint_epoch=1.pt"))
-    assert list((trained_root / "runs").glob("events.out.tfevents.*"))
+    assert list((trained_root / "runs").glob("*_rfeunet_resnet34_128/events.out.tfevents.*"))  # one folder per run
     checkpoint = torch.load(trained_root / "models" / "model.pt", weights_only=True)
     assert all(isinstance(value, torch.Tensor) for value in checkpoint.values())  # a plain state_dict
     assert any(key.startswith("encoder.layer3.5.") for key in checkpoint)  # ResNet-34's six blocks
@@ -115,13 +115,14 @@ def test_evaluation_on_real_photographs_reports_both_resolutions(trained_root, i
         assert summary["n_images"] == 2
         for key in ("mIoU", "mDice", "IoU_star", "Dice_star", "thresholded_jaccard", "HD95"):
             assert np.isfinite(summary[key]), (resolution, key)
-    big = [row for row in report["per_image"]["original"] if row["name"] == "ISIC_0012288.jpg"][0]
+    # named by their folders below the data root (images/, full_resolution/), as their masks and overlays are
+    big = [row for row in report["per_image"]["original"] if row["name"] == "full_resolution/ISIC_0012288.jpg"][0]
     assert big["tp"] + big["fp"] + big["fn"] + big["tn"] == 4288 * 2848
-    small = [row for row in report["per_image"]["working"] if row["name"] == "ISIC_0012288.jpg"][0]
+    small = [row for row in report["per_image"]["working"] if row["name"] == "full_resolution/ISIC_0012288.jpg"][0]
     assert small["tp"] + small["fp"] + small["fn"] + small["tn"] == 128 * 128  # the checkpoint's working size
     assert (trained_root / "eval" / "metrics_original.csv").is_file()
     assert "| original |" in (trained_root / "eval" / "metrics.md").read_text()
-    assert (trained_root / "eval" / "overlays" / "ISIC_0012288_overlay.png").is_file()
+    assert (trained_root / "eval" / "overlays" / "full_resolution" / "ISIC_0012288_overlay.png").is_file()
 
 
 def test_evaluation_refuses_random_weights(tmp_path):

@@ -325,8 +325,16 @@ def test_extra_overrides_are_split_and_may_not_replace_recipe_options():
     ]
 
 
-def test_recipe_defaults_are_the_training_config_defaults():
+def test_recipe_defaults_are_the_training_config_defaults(tmp_path):
     config = json.loads((REPO / "configs" / "train.json").read_text())
+    # the network options are computed (a resumed or fine-tuned training takes the checkpoint's): their defaults
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "train.json"))
+    parser["bundle_root"] = str(tmp_path)
+    settings = parser.get_parsed_content("network_settings")
+    config.update(image_size=settings["image_size"], backbone=settings["backbone"])
     for recipe in (ablation, folds):
         defaults = {name: p.default for name, p in inspect.signature(recipe).parameters.items()}
         for key in ("max_epochs", "image_size", "batch_size", "seed"):

@@ -226,8 +226,9 @@ def test_received_zip_infers_like_the_repository_and_trains_with_its_own_code(ex
         "4",
         cwd=unpacked,
     )
-    after = unpacked / "models" / "model.pt"
-    assert after.read_bytes() != before
+    # the received model is kept; the new training's model is in a folder of its own
+    assert (unpacked / "models" / "model.pt").read_bytes() == before
+    (after,) = (unpacked / "models").glob("*/model.pt")
     from bundle.checkpoint import network_settings
 
     trained = network_settings(after)

@@ -135,7 +135,9 @@ def test_a_diverging_loss_stops_training_and_keeps_the_checkpoints(tmp_path):
     kept = {"model.pt": b"best model bytes", "last_checkpoint_epoch=3.pt": b"last checkpoint bytes"}
     for name, content in kept.items():
         (models / name).write_bytes(content)
-    status, output = train(tmp_path, "--learning_rate", "1e30")  # Adam's first step makes every weight ~1e30
+    # Adam's first step makes every weight ~1e30; --resume: the checkpoints are this training's own (the bytes
+    # do not load, so it starts at epoch 1 in the same folder)
+    status, output = train(tmp_path, "--learning_rate", "1e30", "--resume", "true")
     assert status == 1, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     errors = [line for line in output.splitlines() if line.startswith("ERROR")]

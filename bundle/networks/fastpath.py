@@ -31,7 +31,7 @@ from monai.inferers import Inferer
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["FAST_PATHS", "FastInferer", "bf16_supported", "fold_batchnorm", "onnxruntime_available"]
+__all__ = ["FAST_PATHS", "FastInferer", "bf16_supported", "fold_batchnorm", "onnxruntime_available", "prune_cache"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,22 +115,83 @@ def export_onnx(network: nn.Module, example: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-class _OnnxRuntimeEngine:
-    """An ONNX Runtime session for one state of the network, cached on disk by :func:`weights_digest`."""
+SOURCE_SUFFIX = ".source.json"  # beside each cached model: the weights file it was exported from
 
-    def __init__(self, network: nn.Module, example: torch.Tensor, cache_dir: str | Path | None) -> None:
+
+def _source_of(weights_file: str | Path | None) -> dict[str, Any]:
+    if not weights_file or not Path(weights_file).is_file():
+        return {"weights_file": None}
+    stat = Path(weights_file).stat()
+    return {"weights_file": str(Path(weights_file).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _is_stale(cached: Path) -> bool:
+    """Whether the weights ``cached`` was exported from are gone or changed (or it says nothing of them)."""
+    import json
+
+    try:
+        source = json.loads(cached.with_name(cached.name + SOURCE_SUFFIX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # made by an older version, which recorded no source: remade when it is needed
+    if not isinstance(source, dict):
+        return True
+    if source.get("weights_file") is None:
+        return False  # exported from weights in memory: only the count limit applies
+    return _source_of(source["weights_file"]) != source
+
+
+def prune_cache(cache_dir: str | Path | None) -> list[Path]:
+    """Delete the ONNX models in ``cache_dir`` whose weights file no longer exists or has changed since the export
+    (a deleted or retrained ``models/model.pt``), with their source records; return the models deleted."""
+    folder = Path(cache_dir) if cache_dir else None
+    if folder is None or not folder.is_dir():
+        return []
+    stale = [path for path in sorted(folder.glob("*.onnx")) if _is_stale(path)]
+    freed = 0
+    for path in stale:
+        try:
+            freed += path.stat().st_size
+            path.unlink()
+        except OSError:
+            continue
+        path.with_name(path.name + SOURCE_SUFFIX).unlink(missing_ok=True)
+    for record in folder.glob(f"*.onnx{SOURCE_SUFFIX}"):  # records whose model was deleted by hand
+        if not record.with_name(record.name[: -len(SOURCE_SUFFIX)]).exists():
+            record.unlink(missing_ok=True)
+    if stale:
+        logger.info(
+            "Removed %d cached ONNX model(s) (%.0f MB) of weights that no longer exist from %s",
+            len(stale),
+            freed / 1e6,
+            folder,
+        )
+    return stale
+
+
+class _OnnxRuntimeEngine:
+    """An ONNX Runtime session for one state of the network, cached on disk by :func:`weights_digest`, with a
+    record of the weights file it came from, so that :func:`prune_cache` can tell when those are gone."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        example: torch.Tensor,
+        cache_dir: str | Path | None,
+        weights_file: str | Path | None = None,
+    ) -> None:
         import onnxruntime
 
         model: bytes | str | None = None
         cached = None
         if cache_dir:
+            prune_cache(cache_dir)
             cached = Path(cache_dir) / f"{type(network).__name__.lower()}-{weights_digest(network)}.onnx"
             if cached.is_file():
                 model = str(cached)
         if model is None:
             model = export_onnx(network, example)
             if cached is not None:
-                model = self._store(model, cached)
+                model = self._store(model, cached, _source_of(weights_file))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -139,11 +200,15 @@ class _OnnxRuntimeEngine:
         self.source = model if isinstance(model, str) else "memory"
 
     @staticmethod
-    def _store(model: bytes, path: Path) -> bytes | str:
-        """Write the exported model atomically (keeping the newest few); on failure keep it in memory."""
-        from bundle.files import atomic_write
+    def _store(model: bytes, path: Path, source: dict[str, Any]) -> bytes | str:
+        """Write the exported model and its source record atomically (keeping the newest few); on failure keep it
+        in memory."""
+        import json
+
+        from bundle.files import atomic_write, write_text_atomically
 
         try:
+            write_text_atomically(path.with_name(path.name + SOURCE_SUFFIX), json.dumps(source) + "\n")
             atomic_write(path, lambda tmp: Path(tmp).write_bytes(model))
         except OSError as error:
             logger.warning("Could not cache the ONNX model in %s (%s); exporting again next time.", path.parent, error)
@@ -151,6 +216,7 @@ class _OnnxRuntimeEngine:
         older = sorted(path.parent.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP_CACHED:]
         for stale in older:
             stale.unlink(missing_ok=True)
+            stale.with_name(stale.name + SOURCE_SUFFIX).unlink(missing_ok=True)
         return str(path)
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -180,8 +246,9 @@ class FastInferer(Inferer):
     Args:
         fast_path: one of :data:`FAST_PATHS` (see the module docstring).
         cache_dir: where ``"onnxruntime"`` keeps exported models, named by a hash of the weights (the newest
-            two are kept), so that only the first start with a checkpoint pays for the export; ``None``: export
-            in memory at every start.
+            two are kept, and those whose weights file is gone or changed are deleted: :func:`prune_cache`), so
+            that only the first start with a checkpoint pays for the export; ``None``: export in memory at every
+            start.
         weights_file: the checkpoint the network's weights come from; ``"auto"`` uses ONNX Runtime only when
             it exists.
 
@@ -222,7 +289,7 @@ class FastInferer(Inferer):
         engine: Callable[[torch.Tensor], torch.Tensor] | None = None
         if choice == "onnxruntime":
             try:
-                engine = _OnnxRuntimeEngine(network, inputs[:1], self.cache_dir)
+                engine = _OnnxRuntimeEngine(network, inputs[:1], self.cache_dir, self.weights_file)
             except Exception as error:  # noqa: BLE001 - any export or runtime failure falls back to PyTorch
                 logger.warning("ONNX Runtime fast path unavailable (%s); using BatchNorm folding.", error)
                 choice = "bn_folded"

@@ -119,7 +119,8 @@ class BundleModel:
         }
 
     def batch(self, input_path: str, output_dir: str) -> dict:
-        """Segment every photo of a folder (or a datalist), writing ``<stem>_mask.png`` and ``<stem>.seg.nrrd``.
+        """Segment every photo of a folder (or a datalist), writing ``<name>_mask.png`` and ``<name>.seg.nrrd``, where
+        the name keeps the photo's folder relative to the others' (``bundle.data.output_names``).
 
         Photos are listed by the bundle's ``list_images`` and segmented by its ``SegmentationRunner.run``, the
         command line's path (each photo decoded at the working size, at most one at a time in memory); the results
@@ -138,7 +139,9 @@ class BundleModel:
 
         def on_result(source: str, result: dict) -> None:
             mask = np.asarray(result["pred"].detach().cpu(), dtype=np.uint8).T  # the runner's (W, H) as (rows, cols)
-            png, seg = results.write_results(mask, output_dir, file_stem(source), self.spec)
+            # p1/IMG_0001 and p2/IMG_0001 stay apart: the runner names each item (bundle.data.output_names)
+            name = result.get("output_name") or file_stem(source)
+            png, seg = results.write_results(mask, output_dir, name, self.spec)
             self.forward_count += 1
             written.append([source, str(png), str(seg)])
             print(f"PROGRESS {len(written) + len(failures)}/{count} {source}", flush=True)
