@@ -244,6 +244,10 @@ def _default(key: str, config: Mapping, depth: int = 0) -> str:
         return _default(value[1:], config, depth + 1)
     if not isinstance(value, str) or not value.startswith("$"):
         return json.dumps(value) if not isinstance(value, str) else (value or '""')
+    recorded = re.fullmatch(r"\$@trained\['(\w+)'\]", value)  # the checkpoint's setting, else network_defaults'
+    if recorded and isinstance(config.get("network_defaults"), Mapping):
+        default = config["network_defaults"].get(recorded.group(1), "")
+        return json.dumps(default) if not isinstance(default, str) else default
     if key in _AUTOMATIC:
         return "auto"
     fallback = re.search(r"\.get\('\w+', (.+)\)$", value) or re.search(r"@bundle_root \+ '/([^']*)'$", value)

@@ -3,10 +3,18 @@
     python scripts/export_bundle.py                         # dist/<name>_v<version>.zip (+ .sha256)
     python scripts/export_bundle.py --torchscript true      # adds models/model.ts
     python scripts/export_bundle.py --checkpoint other.pt   # ship another checkpoint as models/model.pt
+    python scripts/export_bundle.py --interactive true      # dist/<name>_deepedit_v<version>.zip: a click-guided model
 
 Without ``--checkpoint`` it ships the bundle's ``models/model.pt``, or, when none was trained, the demo checkpoint
 that ``configs/inference.json`` falls back to (``demo_ckpt_path``), so that a fresh clone exports a zip that MONAI
 Label serves with working weights.
+
+An interactive export (``--interactive true``; the default ``auto`` makes one whenever the shipped checkpoint is
+click-guided) ships a network that takes the user's clicks: ``--checkpoint``, else ``models/model.pt`` when it is
+click-guided, else the interactive demo checkpoint (``interactive_demo_ckpt_path`` of ``configs/inference.json``).
+Its folder and ``bundle_name`` end in ``_deepedit``, which is what makes MONAI Label's stock ``monaibundle`` app
+serve it twice: ``<name>_deepedit_seg`` (automatic) and ``<name>_deepedit`` (a DeepEdit model taking 3D Slicer's
+points; see "MONAI Label" in docs/design.md). A checkpoint whose network takes no clicks is refused.
 
 The zip holds one folder, ``<name>/``: ``configs/``, ``models/model.pt``, ``docs/``, ``LICENSE``, the ``bundle/`` code
 the configs import, ``sample_data/`` so the receiver's default training command runs, and a ``README.md`` written for
@@ -51,7 +59,8 @@ from bundle.checkpoint import (  # noqa: E402
     unwrap_state_dict,
 )
 from bundle.config import flag  # noqa: E402
-from bundle.errors import BundleError  # noqa: E402
+from bundle.errors import BundleError, ConfigError  # noqa: E402
+from bundle.interactive import IMAGE_CHANNELS, guidance_names  # noqa: E402
 
 CONTENTS = ("configs", "bundle", "docs", "sample_data", "LICENSE")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -59,6 +68,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 DERIVED = ("models/model.ts",)
 # every file of the zip gets this time, so that exporting the same bundle twice writes the same bytes
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+# MONAI Label's monaibundle app serves a bundle whose name contains "deepedit" as a DeepEdit model (and "_seg")
+INTERACTIVE_SUFFIX = "_deepedit"
 
 
 class ExportError(BundleError):
@@ -215,6 +226,10 @@ def describe_model(metadata: dict, record: dict) -> dict:
             f"Photographs of any size are resized to {size}x{size}; masks come back at the photograph's own size."
             if size
             else "",
+            f"It also takes the user's clicks as input ({', '.join(guidance_names(settings.get('guidance')))}): a "
+            "lesion click grows the mask there, a background click removes it; without clicks it segments on its own."
+            if is_click_guided(record)
+            else "",
             f"Shipped weights: trained on {describe_data(record)}" + (f"; recipe: {recipe}" if recipe else "") + ";",
             f"{where}.",
             "Research use only; not a medical device.",
@@ -229,8 +244,10 @@ def describe_model(metadata: dict, record: dict) -> dict:
         image["spatial_shape"] = pred["spatial_shape"] = [size, size]
     if "in_channels" in settings:
         image["num_channels"] = int(settings["in_channels"])
-        for index in range(3, image["num_channels"]):
-            image["channel_def"].setdefault(str(index), f"extra input {index - 2}")
+        guidance = guidance_names(settings.get("guidance"))
+        for index in range(IMAGE_CHANNELS, image["num_channels"]):
+            extra = index - IMAGE_CHANNELS
+            image["channel_def"].setdefault(str(index), guidance[extra] if extra < len(guidance) else f"extra {extra}")
     if "out_channels" in settings:
         pred["num_channels"] = int(settings["out_channels"])
     return metadata
@@ -275,11 +292,28 @@ holds no other `models/model.pt`.) `python -m monai.bundle ckpt_export network_d
 --ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json` writes
 TorchScript, `onnx_export` the same way writes ONNX.
 
-## Before you run it
+{clicks}## Before you run it
 
 A bundle is a program: MONAI evaluates the `"$..."` values of `configs/*.json` as Python and `bundle/` runs on
 import. Run bundles only from people you trust, and compare `sha256sum {name}_v{version}.zip` with the hash the
 sender gives you through another channel.
+"""
+
+
+RECEIVER_CLICKS = """## Clicks (interactive segmentation)
+
+The network also takes the user's clicks: a click on the lesion grows the mask there, a click on the background
+removes it there; without clicks it segments on its own. From Python, clicks are (column, row) in the photo's pixels:
+
+    segmenter = LesionSegmenter(bundle_root="/path/to/{name}")
+    arrays = segmenter.segment_array(rgb, clicks={{"positive": [[x, y]], "negative": [[x2, y2]]}})
+
+MONAI Label's stock `monaibundle` app serves this folder (its name contains `deepedit`) twice: `{name}_seg`
+segments automatically, and `{name}` is a DeepEdit model. In 3D Slicer's MONAI Label module pick the latter
+as the interactive model, select the segment "lesion" and place points on lesion that was missed, select the
+segment "background" and place points on skin that was called lesion: each point re-runs the model with all
+the points so far.
+
 """
 
 
@@ -296,7 +330,13 @@ def receiver_readme(metadata: dict) -> str:
         description=metadata.get("description", ""),
         packages=" ".join(packages),
         tested=", ".join(f"{name} {version}" for name, version in packages.items() if version),
+        clicks=RECEIVER_CLICKS.format(name=metadata["bundle_name"]) if _takes_clicks(metadata) else "",
     )
+
+
+def _takes_clicks(metadata: dict) -> bool:
+    """Whether the described network has input channels beyond the photo's colours (the click guidance)."""
+    return int(metadata["network_data_format"]["inputs"]["image"].get("num_channels", IMAGE_CHANNELS)) > IMAGE_CHANNELS
 
 
 def _zip_folder(folder: Path, destination: Path) -> None:
@@ -335,35 +375,67 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def shipped_weights(root: Path, checkpoint: str | os.PathLike | None = None) -> Path:
-    """The checkpoint an export ships: ``checkpoint``, else ``models/model.pt``, else the demo checkpoint that
-    ``configs/inference.json`` names in ``demo_ckpt_path`` when it exists (else ``models/model.pt``, missing)."""
-    if checkpoint:
-        return Path(checkpoint)
-    trained = root / "models" / "model.pt"
-    if trained.is_file():
-        return trained
+def is_click_guided(record: dict | None) -> bool:
+    """Whether the checkpoint ``record`` describes a network that takes clicks (guidance channels)."""
+    return bool(record and guidance_names((record.get("network") or {}).get("guidance")))
+
+
+def _inference_path(root: Path, key: str) -> Path | None:
+    """The path ``key`` of the bundle's ``configs/inference.json`` names (None: no such config or key)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     try:
         parser.read_config(str(root / "configs" / "inference.json"))
     except (OSError, ValueError):  # no bundle here: export_bundle names what is missing
-        return trained
-    if "demo_ckpt_path" not in parser:  # a bundle from before the demo checkpoint: nothing to fall back on
-        return trained
+        return None
+    if key not in parser:  # a bundle from before that key
+        return None
     parser["bundle_root"] = str(root)
-    demo = Path(parser.get_parsed_content("demo_ckpt_path"))
-    return demo if demo.is_file() else trained
+    return Path(parser.get_parsed_content(key))
+
+
+def shipped_weights(
+    root: Path, checkpoint: str | os.PathLike | None = None, interactive: bool | str | None = None
+) -> Path:
+    """The checkpoint an export ships: ``checkpoint``, else ``models/model.pt``, else the demo checkpoint that
+    ``configs/inference.json`` names in ``demo_ckpt_path`` when it exists (else ``models/model.pt``, missing).
+
+    With ``interactive`` true: ``checkpoint``, else ``models/model.pt`` when it is click-guided, else the interactive
+    demo (``interactive_demo_ckpt_path``) when it exists, else ``models/model.pt`` (which the export then refuses).
+    """
+    if checkpoint:
+        return Path(checkpoint)
+    trained = root / "models" / "model.pt"
+    if _interactive_choice(interactive) is True:
+        if is_click_guided(model_record(trained)):
+            return trained
+        demo = _inference_path(root, "interactive_demo_ckpt_path")
+        return demo if demo is not None and demo.is_file() else trained
+    if trained.is_file():
+        return trained
+    demo = _inference_path(root, "demo_ckpt_path")
+    return demo if demo is not None and demo.is_file() else trained
+
+
+def _interactive_choice(interactive: bool | str | None) -> bool | None:
+    """``interactive`` as True / False, or None for ``auto`` (interactive when the checkpoint is click-guided)."""
+    if interactive is None or (isinstance(interactive, str) and interactive.strip().lower() == "auto"):
+        return None
+    try:
+        return flag(interactive, "interactive")
+    except ConfigError:
+        raise ConfigError(f"--interactive {interactive!r}: use true, false or auto") from None
 
 
 class Export(NamedTuple):
-    """What an export wrote: the zip, the record of the weights it ships (None: none), and whether an identical zip
-    of the same version was already there (then it is left as it was)."""
+    """What an export wrote: the zip, the record of the weights it ships (None: none), whether an identical zip
+    of the same version was already there (then it is left as it was), and whether it is an interactive bundle."""
 
     path: Path
     record: dict | None
     unchanged: bool
+    interactive: bool = False
 
 
 def export_bundle(
@@ -372,6 +444,7 @@ def export_bundle(
     checkpoint: str | os.PathLike | None = None,
     torchscript: bool | str = False,
     allow_random_weights: bool | str = False,
+    interactive: bool | str | None = None,
 ) -> Export:
     """Write ``<output_dir>/<name>_v<version>.zip`` and ``<zip>.sha256``.
 
@@ -381,15 +454,19 @@ def export_bundle(
         checkpoint: the weights to ship as ``models/model.pt`` (default: :func:`shipped_weights`).
         torchscript: also ship ``models/model.ts`` (MONAI's ``ckpt_export``).
         allow_random_weights: export without trained weights (the receiver's inference warns it has none).
+        interactive: export ``<name>_deepedit``, the click-guided bundle MONAI Label serves as a DeepEdit model;
+            None or ``"auto"``: when the shipped checkpoint is click-guided.
 
     Raises:
-        ExportError: missing metadata, version without a changelog entry, missing files, no checkpoint, or a zip of
-            the same version with other content already in ``output_dir`` (a published version never changes).
+        ExportError: missing metadata, version without a changelog entry, missing files, no checkpoint, an
+            interactive export of a network that takes no clicks, or a zip of the same version with other content
+            already in ``output_dir`` (a published version never changes).
         CheckpointError: the checkpoint cannot be read.
     """
     root = Path(bundle_root).resolve()
     name, version = bundle_identity(root / "configs" / "metadata.json")
-    weights = shipped_weights(root, checkpoint)
+    wanted = _interactive_choice(interactive)
+    weights = shipped_weights(root, checkpoint, wanted)
     record = None
     if weights.is_file():
         record = model_record(weights)
@@ -398,8 +475,22 @@ def export_bundle(
                 f"{weights}: the checkpoint does not record the network it was trained with (backbone, image size); "
                 "train again with this bundle, which records it"
             )
+    elif wanted:
+        demo = _inference_path(root, "interactive_demo_ckpt_path") or "interactive_demo_ckpt_path"
+        raise ExportError(
+            f"{weights}: no such checkpoint; an interactive bundle needs a click-guided one: a models/model.pt trained "
+            f"with configs/interactive.json, the interactive demo {demo}, or --checkpoint"
+        )
     elif not flag(allow_random_weights, "allow_random_weights"):
         raise ExportError(f"{weights}: no trained weights to export; train first, or pass --allow_random_weights true")
+    if wanted and not is_click_guided(record):
+        raise ExportError(
+            f"{weights}: its network takes no clicks (no guidance channels), so it cannot be an interactive bundle; "
+            "export it without --interactive, or give a click-guided checkpoint (trained with configs/interactive.json)"
+        )
+    interactive = is_click_guided(record) if wanted is None else wanted
+    if interactive:
+        name += INTERACTIVE_SUFFIX
     if flag(torchscript, "torchscript") and record is None:
         raise ExportError("--torchscript true needs trained weights to convert")
 
@@ -413,6 +504,7 @@ def export_bundle(
         (stage / "models").mkdir()
         configs = stage / "configs"
         metadata = _read_json(configs / "metadata.json")
+        metadata["bundle_name"] = name
         if record is not None:
             _ship_weights(weights, stage / "models" / "model.pt", record)
             _record_network(stage, record["network"])
@@ -443,10 +535,10 @@ def export_bundle(
                     f"'changelog' entry for it (e.g. {_next_version(version)}), or delete {destination.name} if it "
                     "was never shared"
                 )
-            return Export(destination, record, unchanged=True)
+            return Export(destination, record, unchanged=True, interactive=interactive)
         os.replace(partial, destination)
     (destination.with_name(destination.name + ".sha256")).write_text(f"{sha256(destination)}  {destination.name}\n")
-    return Export(destination, record, unchanged=False)
+    return Export(destination, record, unchanged=False, interactive=interactive)
 
 
 def _next_version(version: str) -> str:
@@ -468,6 +560,7 @@ def main(
     checkpoint: str | None = None,
     torchscript: bool | str = False,
     allow_random_weights: bool | str = False,
+    interactive: bool | str = "auto",
 ) -> None:
     """Export the bundle as dist/<name>_v<version>.zip (see the module docstring).
 
@@ -477,18 +570,33 @@ def main(
         checkpoint: the weights to ship as models/model.pt (default: models/model.pt, else the demo model).
         torchscript: also ship models/model.ts.
         allow_random_weights: export without trained weights.
+        interactive: true: dist/<name>_deepedit_v<version>.zip, a click-guided model MONAI Label serves as DeepEdit
+            (default: models/model.pt if click-guided, else the interactive demo); auto: when the model is one.
     """
     root = Path(bundle_root).resolve()
     try:
-        weights = shipped_weights(root, checkpoint)  # chosen once here, so the notice names what was shipped
-        export = export_bundle(root, output_dir, weights, torchscript, allow_random_weights)
+        # chosen once here, so the notice names what was shipped
+        weights = shipped_weights(root, checkpoint, _interactive_choice(interactive))
+        export = export_bundle(root, output_dir, weights, torchscript, allow_random_weights, interactive)
     except BundleError as err:
         print(f"ERROR {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
     if export.record is not None:
         if not checkpoint and weights != root / "models" / "model.pt":
-            print(f"no models/model.pt was trained: shipping the demo checkpoint {weights}")
+            trained = (root / "models" / "model.pt").is_file()
+            print(
+                f"models/model.pt takes no clicks: shipping the interactive demo checkpoint {weights}"
+                if trained and export.interactive
+                else f"no models/model.pt was trained: shipping the "
+                f"{'interactive ' if export.interactive else ''}demo checkpoint {weights}"
+            )
         print(summary(weights, export.record))
+        if export.interactive:
+            name = export.path.name.rsplit("_v", 1)[0]
+            print(
+                f"interactive bundle {name}: MONAI Label serves it as {name} (DeepEdit: the user's points) and "
+                f"{name}_seg (automatic); scripts/monailabel_serve.sh {export.path} /path/to/photos"
+            )
         warning = synthetic_sample_warning(weights)
         if warning:
             print(f"WARNING {warning.lstrip('! ')}", file=sys.stderr)

@@ -17,6 +17,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_FILES = ("configs", "bundle", "docs", "sample_data", "LICENSE", "README.md")
 SMALL_NETWORK = {"backbone": "resnet34", "image_size": 64}
+# the same network taking clicks (configs/interactive.json's guidance channels)
+SMALL_CLICK_NETWORK = {**SMALL_NETWORK, "guidance": ["positive_clicks", "negative_clicks", "previous_mask"]}
 
 
 def copy_bundle(destination: Path) -> Path:
@@ -31,9 +33,9 @@ def copy_bundle(destination: Path) -> Path:
     return destination
 
 
-def write_small_checkpoint(path: Path, seed: int = 0) -> Path:
+def write_small_checkpoint(path: Path, seed: int = 0, network: dict | None = None) -> Path:
     """Write a ResNet-34, 64-pixel RFE U-Net checkpoint (as training writes ``models/model.pt``) built by the
-    configs."""
+    configs; ``network``: other settings (default :data:`SMALL_NETWORK`)."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -41,7 +43,7 @@ def write_small_checkpoint(path: Path, seed: int = 0) -> Path:
 
     parser = ConfigParser()
     parser.read_config(str(REPO / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(path.parent.parent), "ckpt_path": str(path), **SMALL_NETWORK})
+    parser.update({"bundle_root": str(path.parent.parent), "ckpt_path": str(path), **(network or SMALL_NETWORK)})
     settings = parser.get_parsed_content("network_settings")
     preprocessing = parser.get_parsed_content("preprocessing")
     torch.manual_seed(seed)
