@@ -203,10 +203,10 @@ def render(result: Mapping[str, Any]) -> list[str]:
     target = result["target"]
     out += [
         "",
-        f"Click ÷ segment (medians): **{result['click_vs_segment']:.2f}×**. First click on the photo (session made: "
-        f"the photo sent and preprocessed; two runs, without the point for its previous mask and with it): {result['first_click_s'] * 1000:.0f} ms. Target of issue 16, "
-        f"per click ≤ {target['limit_s']:g} s: {target['measured_s']:.3f} s, "
-        + ("**met**." if target["met"] else "**not met**."),
+        f"Click ÷ segment (medians): **{result['click_vs_segment']:.2f}×**. First click on the photo (the session "
+        "made: the photo sent and preprocessed; two runs, without the point for its previous mask and with it): "
+        f"{result['first_click_s'] * 1000:.0f} ms. Target of issue 16, per click ≤ {target['limit_s']:g} s: "
+        f"{target['measured_s']:.3f} s, " + ("**met**." if target["met"] else "**not met**."),
         "",
     ]
     return out

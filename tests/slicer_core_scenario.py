@@ -183,7 +183,7 @@ def clicks_main(
     options = logic.WorkerOptions(
         bundle=bundle, python=(worker_python,), device="cpu", env=dict(os.environ), request_timeout=300
     )
-    report: dict = {"masks": {}, "runs": {}}
+    report: dict = {"masks": {}, "runs": {}, "decoded": {}}
     redraws = []
     session.onMaskUpdated = redraws.append
     folder = Path(output_dir)
@@ -194,6 +194,7 @@ def clicks_main(
     def record(step: str, before: int) -> None:
         wait_for_clicks(session)
         report["runs"][step] = runs() - before
+        report["decoded"][step] = session.clickSummary(volume).get("decoded")
         np.save(folder / f"{step}.npy", session.lesionMask(segmentation, volume)[0])
         report["masks"][step] = str(folder / f"{step}.npy")
 

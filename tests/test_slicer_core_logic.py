@@ -192,6 +192,17 @@ def test_points_guide_a_click_guided_network(click_scenario):
         "no_points_again": 0,
     }
 
+    # The photo went to the worker with the first point only (then the worker kept it); no points: no answer shown.
+    assert report["decoded"] == {
+        "background": True,
+        "background_foreground": False,
+        "moved_background_foreground": False,
+        "dragged_back": False,
+        "threshold_0.3": False,
+        "foreground_only": False,
+        "no_points_again": None,
+    }
+
     def click(kind, positive):
         row, col = points[kind]
         return (float(col), float(row), positive)

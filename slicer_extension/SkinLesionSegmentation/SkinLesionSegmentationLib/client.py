@@ -333,17 +333,18 @@ class WorkerClient:
         result, arrays = self.request("segment", arrays={"image": photo_from_volume_array(photo)})
         return {**result, "prob": arrays["prob"], "pred": arrays["pred"]}
 
-    def click(self, photo: np.ndarray, clicks: Sequence[Sequence], reset: bool = False) -> dict:
+    def click(self, photo: np.ndarray, clicks: Sequence[Sequence], reset: bool = False, key: str = "") -> dict:
         """A click-guided network's lesion probability (``"prob"``) and mask (``"pred"``) for a photo and the user's
         clicks, in the order they were placed: ``(x, y, positive)``, x the column and y the row in the photo's pixels.
         Plus ``"network_runs"`` (1 for a click added, moved or removed last), ``"decoded"``, ``"forward_count"``,
         ``"seconds"`` and ``"device"``.
 
-        The worker keeps the photo between clicks: the photo is sent only when this worker has not been sent it (or
-        dropped it), and ``reset`` starts its session again.
+        The worker keeps the photo between clicks, under ``key`` (any name that changes when the pixels do; default:
+        a hash of the pixels, :func:`protocol.photo_key`): the photo is sent only when this worker has not been sent
+        it (or dropped it), and ``reset`` starts its session again.
         """
         photo = photo_from_volume_array(photo)
-        key = protocol.photo_key(photo)
+        key = key or protocol.photo_key(photo)
         params = {
             "photo": key,
             "clicks": [[float(c[0]), float(c[1]), bool(c[2])] for c in clicks],

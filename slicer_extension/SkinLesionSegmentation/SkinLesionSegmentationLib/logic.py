@@ -187,6 +187,12 @@ class SkinLesionSegmentationLogic(VTKObservationMixin):
             return []
         return self.clicksInOrder(volumeNode, interaction["foregroundPoints"], interaction["backgroundPoints"])
 
+    def clickSummary(self, volumeNode) -> dict:
+        """The worker's figures for the points' answer on screen (``network_runs``, ``decoded``, ``seconds``,
+        ``forward_count``); empty when none is shown."""
+        answer = self._shownClickAnswer(volumeNode)
+        return dict(answer[2]) if answer is not None else {}
+
     def clickModeText(self) -> str:
         """One line for the panel: how points work with the network of the last segmentation."""
         return CLICK_MODES[self.clicksGuideNetwork]
@@ -311,8 +317,11 @@ class SkinLesionSegmentationLogic(VTKObservationMixin):
         if self.client is None:
             return  # stopped: _clickNotes says so
         photo = slicer.util.arrayFromVolume(volumeNode).copy()  # read here, on Slicer's thread
+        # The worker keeps the photo under this name: the node, and VTK's modification time of its voxels (a global
+        # counter, so an edited photo or a new one under a reused node ID gets a new name); no hash of the pixels.
+        key = f"{volumeNode.GetID()}@{volumeNode.GetImageData().GetMTime()}"
         self._clickRequest = (volumeNode.GetID(), clicks)
-        self._clickFuture = self.client.submit(self.client.click, photo, clicks)
+        self._clickFuture = self.client.submit(self.client.click, photo, clicks, key=key)
 
     def pollClicks(self) -> bool:
         """Take the worker's answer to the points once it has come (the Widget calls this from its timer): keep it,
@@ -330,7 +339,7 @@ class SkinLesionSegmentationLogic(VTKObservationMixin):
             if self.onMaskUpdated is not None:
                 self.onMaskUpdated([f"The network could not take the points: {err}"])
             return False
-        summary = {k: answer[k] for k in ("network_runs", "seconds", "forward_count", "device") if k in answer}
+        summary = {k: answer[k] for k in ("network_runs", "decoded", "seconds", "forward_count") if k in answer}
         self._clickAnswers[volumeId] = (clicks, np.asarray(answer["prob"], dtype=np.float32), summary)
         self.updateInteraction()
         return self._clickFuture is not None
