@@ -16,7 +16,9 @@ process, a frequency change) hits them alike. Sections:
   preprocess, forward, resize back, write the PNG), each case in a fresh process (for its peak memory), against
   the forward pass alone;
 - ``batch``: a folder of photographs through the same runner (photos/s) against forward-only throughput;
-- ``slicer_worker``: the 3D Slicer module's worker process, its warm request against the bundle's cold start.
+- ``slicer_worker``: the 3D Slicer module's worker process, its warm request against the bundle's cold start;
+- ``slicer_clicks``: one click in that worker with a click-guided network, against its segment request
+  (``scripts/benchmark_clicks.py``, which also measures it alone).
 
 Writes the results as JSON (``--out_json``) and as tables between the ``<!-- benchmark:begin -->`` and
 ``<!-- benchmark:end -->`` lines of ``--out_md`` (docs/performance.md), each target of issue 11 marked met or not.
@@ -61,6 +63,8 @@ if __package__ in (None, ""):  # run as `python scripts/benchmark.py`: make `bun
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from scripts import benchmark_clicks  # noqa: E402
+
 SHARED = Path(os.environ.get("RFE_SHARED_DIR", REPO.parent / "shared"))
 PHOTO = SHARED / "data" / "isic2017_val" / "images" / "ISIC_0001769.jpg"  # 1024 x 683
 FULL_RESOLUTION = SHARED / "data" / "isic2017_val" / "full_resolution" / "ISIC_0012288.jpg"  # 4288 x 2848
@@ -68,7 +72,7 @@ PHOTO_FOLDER = SHARED / "data" / "isic2017_val" / "images"
 TRAINING_DATA = SHARED / "data" / "isic2017_256" / "training"
 WORKER_LIBRARY = REPO / "slicer_extension" / "SkinLesionSegmentation"
 BEGIN, END = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
-SECTIONS = ("ceiling", "networks", "fast_path", "training", "end_to_end", "batch", "slicer_worker")
+SECTIONS = ("ceiling", "networks", "fast_path", "training", "end_to_end", "batch", "slicer_worker", "slicer_clicks")
 # (name, backbone) for bundle.networks.make_network; the RFE U-Net and the peers of issue 11
 NETWORKS = (
     ("rfeunet", "resnet34"),
@@ -1112,6 +1116,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             if "skipped" not in w
             else [f"Skipped: {w['skipped']}", ""]
         )
+    if ok("slicer_clicks"):
+        out += benchmark_clicks.render(results["slicer_clicks"])
     out += [
         f"Section {name} failed: {results[name]['error']}"
         for name in SECTIONS
@@ -1160,7 +1166,7 @@ def main(
         threads: torch threads for every measurement (default: the CPUs this process may run on); recorded.
         quick: a tiny configuration (64 px, batch 2, one repeat) that checks the machinery in seconds.
         sections: comma-separated subset of ceiling, networks, fast_path, training, end_to_end, batch,
-            slicer_worker; ``all``: every one.
+            slicer_worker, slicer_clicks; ``all``: every one.
         out_json: where to write the measurements.
         out_md: where to write the generated block; everything outside it is kept.
         overrides: configs/inference.json keys and values for the bundle's own path (end_to_end, batch,
@@ -1192,6 +1198,7 @@ def main(
             "end_to_end": lambda: measure_end_to_end(settings, workdir),
             "batch": lambda: measure_batch(settings, workdir),
             "slicer_worker": lambda: measure_slicer_worker(settings, workdir),
+            "slicer_clicks": lambda: benchmark_clicks.measure(settings),
         }
         for name in SECTIONS:
             if name in chosen:
