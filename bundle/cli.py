@@ -180,7 +180,7 @@ OPTION_HELP = {
     "network_name": "rfeunet | flexibleunet | basicunet [likewise]",
     "rfe": "false: plain U-Net skips (the paper's baseline) [likewise]",
     "loss": "adaptexp | adaptexpce | adaptlog | dicece | dice | bce | exp | focal",
-    "augment": "augmentation groups: flips, rotate, colour (or none)",
+    "augment": "augmentation groups: flips, rotate, colour, greyscale (or none)",
     "model_selection": "best | last: the epoch models/model.pt keeps",
     "init_weights": "fine-tune: start from this checkpoint's weights (and network)",
     "pretrained_weights": "an ImageNet ResNet state_dict (.pth) you provide for the encoder",
@@ -245,8 +245,16 @@ def _default(key: str, config: Mapping, depth: int = 0) -> str:
     if not isinstance(value, str) or not value.startswith("$"):
         return json.dumps(value) if not isinstance(value, str) else (value or '""')
     recorded = re.fullmatch(r"\$@trained\['(\w+)'\]", value)  # the checkpoint's setting, else network_defaults'
-    if recorded and isinstance(config.get("network_defaults"), Mapping):
-        default = config["network_defaults"].get(recorded.group(1), "")
+    defaults = config.get("network_defaults")
+    if recorded and (not isinstance(defaults, Mapping) or "_target_" in defaults):  # train.json reads them from inference.json when it runs
+        try:
+            from monai.bundle import ConfigParser
+
+            defaults = ConfigParser.load_config_file("configs/inference.json").get("network_defaults")
+        except (OSError, ValueError):
+            defaults = None
+    if recorded and isinstance(defaults, Mapping):
+        default = defaults.get(recorded.group(1), "")
         return json.dumps(default) if not isinstance(default, str) else default
     if key in _AUTOMATIC:
         return "auto"
