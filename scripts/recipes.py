@@ -97,7 +97,8 @@ def main(
     """
     plan, specs = _specs(rows, dataset_dir, num_workers)
     out_dir = Path(out).expanduser().resolve()
-    wanted = [n.strip() for n in only.split(",") if n.strip()] or list(specs)
+    names = only.split(",") if isinstance(only, str) else list(only)  # fire turns "a,b" into a tuple
+    wanted = [str(n).strip() for n in names if str(n).strip()] or list(specs)
     for name in wanted:
         train_and_evaluate(specs[name], out_dir / name, prefix=f"[{name}]")
     done = {name: spec for name, spec in specs.items() if (out_dir / name / "eval" / "metrics.json").is_file()}

@@ -15,13 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle.checkpoint import model_record, network_settings, read_checkpoint
+from bundle.checkpoint import model_record, network_settings, read_checkpoint, unwrap_state_dict
 from scripts.make_demo_checkpoint import main, make_demo_checkpoint
 
 from .conftest import REPO, run_bundle
 from .small_bundle import copy_bundle, write_small_checkpoint
 
 DEMO = REPO / "models" / "demo" / "rfeunet_resnet34_isic2017_128.pt"
+CLICKS_DEMO = REPO / "models" / "demo" / "rfeunet_resnet34_isic2017_128_clicks.pt"
 
 
 def test_half_precision_checkpoint_keeps_settings_and_the_networks_output(tmp_path):
@@ -58,15 +59,43 @@ def demo() -> Path:
     return DEMO
 
 
-def test_the_committed_demo_is_small_half_precision_and_knows_its_network(demo):
-    assert demo.stat().st_size <= 60e6
-    content = read_checkpoint(demo)
-    assert {tensor.dtype for tensor in content["model"].values() if tensor.is_floating_point()} == {torch.float16}
-    settings = content["network"]
+@pytest.mark.parametrize("path, guidance, floor", [
+    (DEMO, [], 0.70),
+    (CLICKS_DEMO, ["positive_clicks", "negative_clicks", "previous_mask"], 0.73),
+])  # fmt: skip
+def test_the_committed_demos_are_small_half_precision_and_know_their_network(path, guidance, floor):
+    assert path.is_file(), f"the demo checkpoint {path} is missing (it is committed with the repository)"
+    assert path.stat().st_size <= 60e6
+    weights = unwrap_state_dict(read_checkpoint(path))
+    assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {torch.float16}
+    settings = network_settings(path)
     assert (settings["name"], settings["backbone"], settings["rfe"], settings["image_size"]) == (
         "rfeunet", "resnet34", True, 128,
     )  # fmt: skip
-    assert content["about"]["evaluation"]["original"]["mIoU"] >= 0.70  # on the 150 ISIC 2017 test photographs
+    assert settings.get("guidance", []) == guidance
+    # without clicks, on the 150 ISIC 2017 validation photographs at their stored size
+    assert model_record(path)["about"]["evaluation"]["original"]["mIoU"] >= floor
+
+
+@pytest.mark.slow
+def test_the_robot_users_clicks_improve_the_click_demos_masks(isic_val):
+    """The interactive evaluation's simulated user (scripts/click_eval.py) on real photographs the demo never saw:
+    three clicks, each at the deepest point of the largest error region, raise the mean IoU."""
+    from bundle.images import read_mask
+    from bundle.inference import LesionSegmenter
+    from scripts.click_eval import robot_curve
+
+    segmenter = LesionSegmenter(overrides={"ckpt_path": str(CLICKS_DEMO)})
+    assert segmenter.guidance, "the click demo's network takes no clicks"
+    photos = sorted((isic_val / "images").iterdir())[:8]
+    before, after = [], []
+    for photo in photos:
+        truth = read_mask(isic_val / "masks" / f"{photo.stem}.png").T > 0  # (W, H), as the session's masks
+        curve = robot_curve(segmenter.session(str(photo)), truth, max_clicks=3, mode="network")
+        before.append(curve[0])
+        after.append(curve[-1])  # the curve stops early once nothing is left to correct
+    assert np.mean(after) > np.mean(before) + 0.02, (before, after)
+    assert sum(b0 > b3 + 0.02 for b0, b3 in zip(before, after)) <= 1, (before, after)  # clicks rarely make it worse
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -76,7 +105,8 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
 
 @pytest.mark.slow
 def test_inference_on_a_fresh_copy_uses_the_demo_and_finds_the_lesions(demo, isic_val, tmp_path):
-    """The README's inference command in a bundle copy without models/model.pt, on real photographs it never saw."""
+    """The README's inference command in a bundle copy without models/model.pt, on real photographs it never saw: the
+    click demo (interactive_demo_ckpt_path) without clicks."""
     root = copy_bundle(tmp_path / "bundle")
     shutil.copytree(demo.parent, root / "models" / "demo")  # what a clone holds: the demo, no trained model
     assert not (root / "models" / "model.pt").exists() and (root / "models" / "demo" / demo.name).is_file()
@@ -91,6 +121,8 @@ def test_inference_on_a_fresh_copy_uses_the_demo_and_finds_the_lesions(demo, isi
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RANDOM weights" not in proc.stdout + proc.stderr
+    loaded = [line for line in (proc.stdout + proc.stderr).splitlines() if "Loaded weights from" in line]
+    assert loaded and loaded[-1].rstrip().endswith(CLICKS_DEMO.name), loaded
     scores = []
     for name in names:
         stem = Path(name).stem
@@ -98,7 +130,7 @@ def test_inference_on_a_fresh_copy_uses_the_demo_and_finds_the_lesions(demo, isi
         truth = np.asarray(Image.open(isic_val / "masks" / f"{stem}.png")) > 127
         assert pred.shape == truth.shape
         scores.append(iou(pred, truth))
-    assert np.mean(scores) >= 0.70, scores
+    assert np.mean(scores) >= 0.80, scores  # the click demo without clicks: 0.843 on these 12 (automatic demo 0.831)
 
 
 @pytest.mark.slow
