@@ -467,6 +467,8 @@ SETTING_KEYS = {
     "image_size": "image_size",
     "pixel_mean": "pixel_mean",
     "pixel_std": "pixel_std",
+    "guidance": "guidance",
+    "click_radius": "click_radius",
 }
 
 
@@ -497,7 +499,7 @@ def export_torchscript(
 
     checkpoint = read_checkpoint(ckpt_path, mmap=True)
     recorded = _recorded_settings(checkpoint)
-    settings = _plain(settings or recorded or {})
+    settings = {"guidance": [], **_plain(settings or recorded or {})}  # no record of guidance: three channels
     if recorded:
         check_settings(ckpt_path, recorded, settings)
     wrapped = isinstance(checkpoint, Mapping) and not _is_state_dict(checkpoint)

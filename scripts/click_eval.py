@@ -145,9 +145,8 @@ def run(
 def table(out: str = "runs/clicks", labels: str = "") -> str:
     """Write ``<out>/clicks.md``: one row per ``run`` record named in ``labels`` (comma-separated; default all)."""
     folder = Path(out)
-    names = (
-        [n.strip() for n in labels.split(",") if n.strip()] if labels else sorted(p.stem for p in folder.glob("*.json"))
-    )
+    listed = labels.split(",") if isinstance(labels, str) else list(labels)  # fire turns "a,b" into a tuple
+    names = [str(n).strip() for n in listed if str(n).strip()] or sorted(p.stem for p in folder.glob("*.json"))
     rows = [
         "| Row | Mode | Photos | NoC@85 | NoC@90 | never 90 % in 20 | "
         + " | ".join(f"mIoU after {k}" for k in AFTER)

@@ -303,8 +303,8 @@ def _wait_for_training(server: MonaiLabelServer, timeout: float = 600.0) -> dict
 # Photos whose automatic mask, with the click-guided checkpoint, has a false lesion region (a background point removes
 # it) or misses a lesion region (a lesion point adds it), found by running the model; each test uses the first one
 # whose region is deep enough to click inside, so that another click-guided checkpoint needs no new list.
-FALSE_REGION_PHOTOS = ("ISIC_0012159", "ISIC_0012127", "ISIC_0012959")
-MISSED_REGION_PHOTOS = ("ISIC_0010459", "ISIC_0014611", "ISIC_0014055")
+FALSE_REGION_PHOTOS = ("ISIC_0013561", "ISIC_0012127")
+MISSED_REGION_PHOTOS = ("ISIC_0014623", "ISIC_0010459")
 NO_POINTS = {"lesion": [], "background": [], "label": "lesion"}  # what the Slicer module sends before any point
 
 

@@ -24,9 +24,12 @@ sys.path.insert(0, str(REPO / "slicer_extension" / "SkinLesionSegmentation"))
 from SkinLesionSegmentationLib import worker as worker_module  # noqa: E402
 from SkinLesionSegmentationLib.client import WorkerClient, WorkerError  # noqa: E402
 
-# Photos of isic2017_val whose automatic mask has a large false-lesion region (FALSE) or a large missed one (MISSED).
-FALSE_CANDIDATES = ("ISIC_0012288", "ISIC_0001769")
-MISSED_CANDIDATES = ("ISIC_0012288", "ISIC_0001769")
+# Photos of isic2017_val whose automatic mask (the click demo without points) has a large false-lesion region (FALSE)
+# or a large missed one (MISSED) that one point corrects for the most part
+# (found by running the demo over the 98 photos; on others, such as ISIC_0012959, one point removes only part of a
+# large false region: see the robot-user table in docs/README.md).
+FALSE_CANDIDATES = ("ISIC_0013561",)
+MISSED_CANDIDATES = ("ISIC_0014623",)
 SMALLEST_REGION = 2000  # pixels: several times a click's disk (3 of 128 working pixels: about 24 photo pixels)
 
 
@@ -199,7 +202,9 @@ def test_an_automatic_bundle_takes_no_clicks_and_says_so(isic_val):
     """The demo automatic network: the worker reports no guidance (the module then picks regions with the points,
     tests/test_slicer_core_logic.py) and refuses a click request in one line."""
     photo, _ = read_pair(isic_val, FALSE_CANDIDATES[0])
-    client = WorkerClient(sys.executable, REPO, device="cpu", env=dict(os.environ))
+    automatic = REPO / "models" / "demo" / "rfeunet_resnet34_isic2017_128.pt"
+    client = WorkerClient(sys.executable, REPO, device="cpu", overrides={"ckpt_path": str(automatic)},
+                          env=dict(os.environ))  # fmt: skip
     try:
         assert client.start()["guidance"] == []
         with pytest.raises(WorkerError, match="takes no clicks") as raised:
