@@ -1,14 +1,15 @@
 """The module's headless Logic on Slicer Core (PyPI ``slicer-core``): run by tests/test_slicer_core_logic.py with the
 Slicer Core venv's Python, never collected by pytest itself.
 
-    python tests/slicer_core_scenario.py REPORT.json PHOTO.jpg WORKER_PYTHON OUTPUT_DIR
+    python tests/slicer_core_scenario.py REPORT.json PHOTO.jpg WORKER_PYTHON OUTPUT_DIR [BUNDLE]
     python tests/slicer_core_scenario.py clicks REPORT.json PHOTO.jpg WORKER_PYTHON OUTPUT_DIR BUNDLE POINTS.json
 
 Slicer Core has MRML and the module logics but no application, so this sets up what Slicer's application gives a
 module (``slicer.mrmlScene`` and the Volumes, Segmentations and Terminologies logics on it), loads the photo as
 Slicer's loader leaves a PNG/JPEG (an RGB vector volume, LPS axes, row 0 at the top), then drives the Logic as the
 Widget does. It checks array equalities itself (a failed check exits non-zero) and writes what it saw to REPORT.
-The first form runs this repository's bundle (the automatic demo network: points pick regions); ``clicks`` runs
+The first form runs BUNDLE (default: this repository's; the test gives it the automatic demo: points pick regions);
+``clicks`` runs
 BUNDLE (a click-guided network: points run it again), placing, moving and removing the points of POINTS.json
 (``{"background": [row, column], "foreground": [row, column], "moved": [row, column]}``) and saving each mask.
 """
@@ -72,7 +73,7 @@ def ras_of_pixel(volume, row: int, col: int) -> list[float]:
     return list(matrix.MultiplyPoint([float(col), float(row), 0.0, 1.0])[:3])
 
 
-def main(report_path: str, photo: str, worker_python: str, output_dir: str) -> None:
+def main(report_path: str, photo: str, worker_python: str, output_dir: str, bundle: str = str(REPO)) -> None:
     modules = application()
     report: dict = {}
     report["terminology_context"] = logic.load_terminology(modules.terminologies.logic())
@@ -95,7 +96,7 @@ def main(report_path: str, photo: str, worker_python: str, output_dir: str) -> N
 
     session = logic.SkinLesionSegmentationLogic(Path(output_dir) / "cache")
     options = logic.WorkerOptions(
-        bundle=str(REPO), python=(worker_python,), device="cpu", env=dict(os.environ), request_timeout=300
+        bundle=bundle, python=(worker_python,), device="cpu", env=dict(os.environ), request_timeout=300
     )
     redraws = []
     session.onMaskUpdated = redraws.append

@@ -38,7 +38,14 @@ def slicer_core_python() -> Path:
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory, isic_val):
     python = slicer_core_python()
+    import shutil
+
+    from tests.small_bundle import copy_bundle
+
     folder = tmp_path_factory.mktemp("slicer-core")
+    bundle = copy_bundle(folder / "bundle")  # with the automatic demo as its model: points pick regions
+    (bundle / "models").mkdir()
+    shutil.copyfile(REPO / "models" / "demo" / "rfeunet_resnet34_isic2017_128.pt", bundle / "models" / "model.pt")
     photo = isic_val / "images" / "ISIC_0012288.jpg"
     report = folder / "report.json"
     proc = subprocess.run(
@@ -49,6 +56,7 @@ def scenario(tmp_path_factory, isic_val):
             str(photo),
             sys.executable,
             str(folder),
+            str(bundle),
         ],
         capture_output=True,
         text=True,
