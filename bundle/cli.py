@@ -246,7 +246,8 @@ def _default(key: str, config: Mapping, depth: int = 0) -> str:
         return json.dumps(value) if not isinstance(value, str) else (value or '""')
     recorded = re.fullmatch(r"\$@trained\['(\w+)'\]", value)  # the checkpoint's setting, else network_defaults'
     defaults = config.get("network_defaults")
-    if recorded and (not isinstance(defaults, Mapping) or "_target_" in defaults):  # train.json reads them from inference.json when it runs
+    # train.json reads them from inference.json when it runs (a "_target_" component, not the values)
+    if recorded and (not isinstance(defaults, Mapping) or "_target_" in defaults):
         try:
             from monai.bundle import ConfigParser
 
