@@ -193,3 +193,38 @@ def test_export_of_a_bundle_without_a_demo_entry_names_the_missing_weights(tmp_p
     assert proc.stderr.strip().splitlines() == [
         f"ERROR {root}/models/model.pt: no trained weights to export; train first, or pass --allow_random_weights true"
     ]
+
+
+@pytest.mark.slow
+def test_the_command_line_and_evaluation_give_the_same_masks(isic_val, tmp_path):
+    """configs/inference.json is the one pipeline (clean-up and TTA included): evaluation scores exactly the masks the
+    command line writes (the Slicer worker's are compared with the command line's in tests/test_slicer_worker.py)."""
+    names = sorted(p.stem for p in (isic_val / "images").iterdir() if p.stat().st_size < 1e6)[:3]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in names:
+        shutil.copy(isic_val / "images" / f"{name}.jpg", photos)
+    cli = run_bundle(
+        "run", "--config_file", "configs/inference.json", "--dataset_dir", str(photos), "--output_dir",
+        str(tmp_path / "masks"),
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    pairs = [{"image": f"images/{n}.jpg", "label": f"masks/{n}.png"} for n in names]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": pairs, "validation": pairs, "test": pairs}))
+    evaluation = run_bundle(
+        "run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--dataset_dir", str(isic_val),
+        "--datalist", str(datalist), "--eval_dir", str(tmp_path / "eval"), "--save_overlays", "false",
+        "--num_workers", "0",
+    )  # fmt: skip
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    rows = {
+        row["name"]: row
+        for row in json.loads((tmp_path / "eval" / "metrics.json").read_text())["per_image"]["original"]
+    }
+    for name in names:
+        pred = np.asarray(Image.open(tmp_path / "masks" / f"{name}_mask.png")) > 127
+        truth = np.asarray(Image.open(isic_val / "masks" / f"{name}.png")) > 127
+        counts = {"tp": pred & truth, "fp": pred & ~truth, "fn": ~pred & truth}
+        row = rows[f"{name}.jpg"]  # the photos of one folder: plain names
+        assert {key: int(row[key]) for key in counts} == {key: int(v.sum()) for key, v in counts.items()}, name
