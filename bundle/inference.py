@@ -44,6 +44,10 @@ def _default_bundle_root() -> Path:
 
 
 BUNDLE_ROOT = _default_bundle_root()
+EMPTY_MASK_WARNING = (
+    "%s: no lesion found, the mask is empty; check the photo (greyscale, very dark or blurred photos, or no "
+    "lesion in view, are where this model fails)"
+)
 
 Item = Union[Mapping[str, Any], str, os.PathLike]  # noqa: UP007 - evaluated at import: Slicer 5.4-5.8 run Python 3.9
 
@@ -108,6 +112,7 @@ class SegmentationRunner:
         self.writer = writer
         self.amp = bool(amp)
         self.num_workers = int(num_workers)
+        self.empty_masks: list[str] = []  # the photos of the last run() whose mask is empty
         self.has_weights = (
             load_weights(self.network, ckpt_path, map_location=self.device, expected=network_settings)
             if ckpt_path
@@ -242,11 +247,15 @@ class SegmentationRunner:
         """
         items = with_output_names([_as_item(i) for i in items])
         results, failures = [], []
+        self.empty_masks = []
         for index, (item, data, reason) in enumerate(self._prepared(items), start=1):
             source = str(item.get("image"))
             if reason is None:
                 try:
                     data = self._finish(data)
+                    if not np.asarray(data["pred"]).any():
+                        self.empty_masks.append(source)
+                        logger.warning(EMPTY_MASK_WARNING, source)
                     if on_result is not None:
                         on_result(source, data)
                 except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
@@ -276,7 +285,8 @@ class SegmentationRunner:
             keep_results=False,
         )
         caution = " (by a model trained on the synthetic sample: see the warning above)" if self.warning else ""
-        print(f"segmented {len(results)} of {len(items)} images; {len(failures)} failed{caution}", flush=True)
+        empty = f"; {len(self.empty_masks)} with an empty mask (see the warnings)" if self.empty_masks else ""
+        print(f"segmented {len(results)} of {len(items)} images; {len(failures)} failed{caution}{empty}", flush=True)
         if failures:
             raise SystemExit(1)
         return 0
