@@ -114,6 +114,6 @@ def test_fast_path_masks_equal_eager_masks_on_real_photos(isic_val, tmp_path):
         differing += int((expected != got).sum())
         pixels += expected.size
         lesion += int(expected.sum())
-    assert fast.runner.inferer.engine_name == ("onnxruntime" if onnxruntime_available() else "bn_folded")
+    assert fast.runner.inferer.inferer.engine_name == ("onnxruntime" if onnxruntime_available() else "bn_folded")
     assert lesion > 0.01 * pixels  # trained weights find lesions: the comparison is not of empty masks
     assert differing <= 1e-6 * pixels, f"{differing} of {pixels} pixels differ"

@@ -20,7 +20,7 @@ def _segment(checkpoint) -> None:
 
     segmenter = LesionSegmenter(overrides={"ckpt_path": str(checkpoint), "fast_path": "onnxruntime"})
     segmenter.segment_array(np.zeros((64, 64, 3), np.uint8))
-    assert segmenter.runner.inferer.engine_name == "onnxruntime"
+    assert segmenter.runner.inferer.inferer.engine_name == "onnxruntime"  # inside the flip TTA
 
 
 @needs_onnxruntime
