@@ -340,7 +340,7 @@ def test_recipe_defaults_are_the_training_config_defaults(tmp_path):
         for key in ("max_epochs", "image_size", "batch_size", "seed"):
             assert defaults[key] == config[key], (recipe.__name__, key)
         # None: the bundle's own machine-sized default, the expression train.json uses
-        assert defaults["num_workers"] is None and config["num_workers"] == "$bundle.data.loader_workers()"
+        assert defaults["num_workers"] is None and config["num_workers"] == {"_target_": "bundle.data.loader_workers"}
     assert inspect.signature(folds).parameters["loss"].default == config["loss"]
     assert inspect.signature(folds).parameters["backbone"].default == config["backbone"]
 
