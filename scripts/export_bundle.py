@@ -1,8 +1,8 @@
 """Export the bundle as a zip shaped like a MONAI model-zoo bundle, for ``python -m monai.bundle download --url``.
 
-    python scripts/export_bundle.py                         # dist/<name>_v<version>.zip (+ .sha256)
-    python scripts/export_bundle.py --torchscript true      # adds models/model.ts
-    python scripts/export_bundle.py --checkpoint other.pt   # ship another checkpoint as models/model.pt
+    python -m scripts.export_bundle                         # dist/<name>_v<version>.zip (+ .sha256)
+    python -m scripts.export_bundle --torchscript true      # adds models/model.ts
+    python -m scripts.export_bundle --checkpoint other.pt   # ship another checkpoint as models/model.pt
 
 Without ``--checkpoint`` it ships the bundle's ``models/model.pt``, or, when none was trained, the demo checkpoint
 that ``configs/inference.json`` falls back to (``demo_ckpt_path``), so that a fresh clone exports a zip that MONAI
@@ -37,21 +37,17 @@ from typing import NamedTuple
 import fire
 import torch
 
-if __package__ in (None, ""):  # run as `python scripts/export_bundle.py`: make `bundle` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.checkpoint import (  # noqa: E402
+from bundle.checkpoint import (
     RECORD_KEY,
-    SETTING_KEYS,
-    export_torchscript,
     model_record,
     read_checkpoint,
     recorded_state_dict,
     synthetic_sample_warning,
     unwrap_state_dict,
 )
-from bundle.config import flag  # noqa: E402
-from bundle.errors import BundleError  # noqa: E402
+from bundle.config import flag
+from bundle.errors import BundleError
+from bundle.export import SETTING_KEYS, export_torchscript
 
 CONTENTS = ("configs", "bundle", "docs", "sample_data", "LICENSE")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -366,6 +362,25 @@ class Export(NamedTuple):
     unchanged: bool
 
 
+def _shipped_record(weights: Path, allow_random_weights: object) -> dict | None:
+    """The record of the weights to ship; None when there are none and random weights are allowed.
+
+    Raises:
+        ExportError: weights that record no network, or none where they are required.
+    """
+    if weights.is_file():
+        record = model_record(weights)
+        if not record or not record.get("network"):
+            raise ExportError(
+                f"{weights}: the checkpoint does not record the network it was trained with (backbone, image size); "
+                "train again with this bundle, which records it"
+            )
+        return record
+    if not flag(allow_random_weights, "allow_random_weights"):
+        raise ExportError(f"{weights}: no trained weights to export; train first, or pass --allow_random_weights true")
+    return None
+
+
 def export_bundle(
     bundle_root: str | os.PathLike = ".",
     output_dir: str | os.PathLike = "dist",
@@ -390,16 +405,7 @@ def export_bundle(
     root = Path(bundle_root).resolve()
     name, version = bundle_identity(root / "configs" / "metadata.json")
     weights = shipped_weights(root, checkpoint)
-    record = None
-    if weights.is_file():
-        record = model_record(weights)
-        if not record or not record.get("network"):
-            raise ExportError(
-                f"{weights}: the checkpoint does not record the network it was trained with (backbone, image size); "
-                "train again with this bundle, which records it"
-            )
-    elif not flag(allow_random_weights, "allow_random_weights"):
-        raise ExportError(f"{weights}: no trained weights to export; train first, or pass --allow_random_weights true")
+    record = _shipped_record(weights, allow_random_weights)
     if flag(torchscript, "torchscript") and record is None:
         raise ExportError("--torchscript true needs trained weights to convert")
 

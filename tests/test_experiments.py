@@ -38,15 +38,17 @@ FAST = ("--max_epochs", "1", "--image_size", "64", "--num_workers", "0")
 
 
 def run_experiments(*args: str, cwd: Path = REPO, module: bool = False) -> subprocess.CompletedProcess:
-    """``python scripts/experiments.py <args>`` (or ``python -m scripts.experiments``) in a real process."""
-    entry = ["-m", "scripts.experiments"] if module else [str(REPO / "scripts" / "experiments.py")]
+    """``python -m scripts.experiments <args>`` in a real process, from ``cwd`` (from another folder than the
+    repository's root, with the root on PYTHONPATH; ``module`` is kept for the callers that name the form)."""
+    entry = ["-m", "scripts.experiments"]
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     return subprocess.run(
         [sys.executable, *entry, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"},
     )
 
 
