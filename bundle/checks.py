@@ -210,6 +210,7 @@ def checked_dataset(
     split: str = "training",
     skip_bad_pairs: bool = False,
     working_size: int | None = None,
+    source: str = "",
     **cache_args: Any,
 ):
     """A MONAI ``CacheDataset`` of the pairs of ``data`` that pass :func:`checked_pairs`, checked before anything
@@ -225,6 +226,7 @@ def checked_dataset(
             :func:`require_validation`.
         skip_bad_pairs: leave bad pairs out instead of refusing.
         working_size: the network's input size (photos are decoded no larger than needed).
+        source: where the items come from (the datalist file), for the messages.
         cache_args: passed on to ``CacheDataset`` (``cache_rate``, ``num_workers``, ``progress``...).
 
     Raises:
@@ -234,7 +236,7 @@ def checked_dataset(
 
     if split == "validation":
         require_validation(data)
-    return CacheDataset(checked_pairs(data, split, skip_bad_pairs, working_size), transform, **cache_args)
+    return CacheDataset(checked_pairs(data, split, skip_bad_pairs, working_size, source), transform, **cache_args)
 
 
 def _splits_described(dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None) -> str:

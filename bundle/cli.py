@@ -219,7 +219,7 @@ OPTION_HELP = {
     "network_name": "rfeunet | flexibleunet | basicunet [likewise]",
     "rfe": "false: plain U-Net skips (the paper's baseline) [likewise]",
     "loss": "adaptexp | adaptexpce | adaptlog | dicece | dice | bce | exp | focal",
-    "augment": "augmentation groups: flips, rotate, colour (or none)",
+    "augment": "augmentation groups: flips, rotate, colour, greyscale (or none)",
     "model_selection": "best | last: the epoch models/model.pt keeps",
     "init_weights": "fine-tune: start from this checkpoint's weights (and network)",
     "pretrained_weights": "an ImageNet ResNet state_dict (.pth) you provide for the encoder",

@@ -8,6 +8,7 @@
 - :class:`LesionLabel` / :class:`LesionLabeld`: 2-channel probabilities → 0/1 label and lesion probability;
 - :class:`LesionCleanup` / :class:`LesionCleanupd`: the largest lesion region only, holes filled;
 - :class:`SaveMask` / :class:`SaveMaskd`: masks written atomically in the formats people and 3D Slicer open;
+- :class:`RandGreyscaled`: a training augmentation that shows the network a colour photo as a greyscale one;
 - :func:`chosen_augmentations`: the training augmentations a comma-separated option names.
 
 Index order: like MONAI's PIL and ITK readers, arrays here are (W, H) — the first spatial axis runs along the
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import MapTransform, RandomizableTransform, Transform
 from PIL import Image
 
 from bundle.config import choice, flag
@@ -50,6 +51,7 @@ __all__ = [
     "ResizeToSource",
     "ResizeToSourced",
     "SaveMask",
+    "RandGreyscaled",
     "SaveMaskd",
     "chosen_augmentations",
     "write_mask",
@@ -59,6 +61,49 @@ INTERPOLATION_MODES = ("nearest", "nearest-exact", "bilinear")
 RESIZE_BAND_VALUES = 1 << 22  # 16 MB of float32 per band of a resized prediction
 DECODE_MARGIN = 4  # photos are decoded down to no less than this many times the working size
 MASK_OUTPUT_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd")
+
+
+# ITU-R BT.601 luma, as Pillow converts RGB to "L"
+LUMA = (0.299, 0.587, 0.114)
+
+
+class RandGreyscaled(RandomizableTransform, MapTransform):
+    """With probability ``prob``, replace the colour of a normalised photo by its grey level, as a greyscale photo
+    (R = G = B, which ``LoadPhoto`` reads so) would come out of the same normalisation.
+
+    The first three channels are un-normalised with ``pixel_mean`` / ``pixel_std``, mixed to luma (BT.601), and
+    normalised again per channel; further channels (click guidance) are left alone. Greyscale dermoscopy photos and
+    faded or colour-cast ones are what it prepares the network for: without it, models trained on colour photos
+    can return an empty mask for the greyscale version of a photo they segment well in colour.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.1,
+        pixel_mean: Any = (0.485, 0.456, 0.406),
+        pixel_std: Any = (0.229, 0.224, 0.225),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.mean = torch.as_tensor(pixel_mean, dtype=torch.float32).reshape(3, 1, 1)
+        self.std = torch.as_tensor(pixel_std, dtype=torch.float32).reshape(3, 1, 1)
+        self.luma = torch.as_tensor(LUMA, dtype=torch.float32).reshape(3, 1, 1)
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            image = d[key]
+            colour = image[:3] * self.std.to(image.dtype) + self.mean.to(image.dtype)
+            grey = (colour * self.luma.to(image.dtype)).sum(0, keepdim=True)
+            image = image.clone()
+            image[:3] = (grey - self.mean.to(image.dtype)) / self.std.to(image.dtype)
+            d[key] = image
+        return d
 
 
 def chosen_augmentations(table: dict[str, list[Any]], names: str | list[str]) -> list[Any]:

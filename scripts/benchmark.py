@@ -16,7 +16,9 @@ process, a frequency change) hits them alike. Sections:
   preprocess, forward, resize back, write the PNG), each case in a fresh process (for its peak memory), against
   the forward pass alone;
 - ``batch``: a folder of photographs through the same runner (photos/s) against forward-only throughput;
-- ``slicer_worker``: the 3D Slicer module's worker process, its warm request against the bundle's cold start.
+- ``slicer_worker``: the 3D Slicer module's worker process, its warm request against the bundle's cold start;
+- ``slicer_clicks``: one click in that worker with a click-guided network, against its segment request
+  (``scripts/benchmark_clicks.py``, which also measures it alone).
 
 Writes the results as JSON (``--out_json``) and as tables between the ``<!-- benchmark:begin -->`` and
 ``<!-- benchmark:end -->`` lines of ``--out_md`` (docs/performance.md), each target of issue 11 marked met or not.
@@ -25,8 +27,9 @@ Writes the results as JSON (``--out_json``) and as tables between the ``<!-- ben
     taskset -c 1 python -m scripts.benchmark --threads 1 --sections networks,fast_path
     python -m scripts.benchmark --quick --out_json /tmp/b.json --out_md /tmp/b.md   # a tiny run (tests)
 
-The sections are measured in ``scripts/benchmark_compute.py`` and ``scripts/benchmark_bundle.py`` and rendered by
-``scripts/benchmark_report.py``; :data:`SECTIONS` registers each one (a new section is one entry).
+The sections are measured in ``scripts/benchmark_compute.py``, ``scripts/benchmark_bundle.py`` and
+``scripts/benchmark_clicks.py`` and rendered by ``scripts/benchmark_report.py`` (the clicks by their own module);
+:data:`SECTIONS` registers each one (a new section is one entry).
 
 MACs are counted by forward hooks on convolutions, transposed convolutions and linear layers (one multiply-add
 each); thop, which the paper used, also counts BatchNorm and upsampling and counts a stride-2 transposed
@@ -48,7 +51,7 @@ from typing import Any
 import fire
 import torch
 
-from scripts import benchmark_bundle, benchmark_compute, benchmark_report
+from scripts import benchmark_bundle, benchmark_clicks, benchmark_compute, benchmark_report
 from scripts.benchmark_report import BEGIN, END, evaluate_targets, write_markdown
 from scripts.benchmark_tools import (
     FAST_PATH_OPTIONS,
@@ -102,6 +105,7 @@ SECTIONS: dict[str, Section] = {
     "end_to_end": Section(benchmark_bundle.measure_end_to_end, benchmark_report.end_to_end_lines),
     "batch": Section(benchmark_bundle.measure_batch, benchmark_report.batch_lines),
     "slicer_worker": Section(benchmark_bundle.measure_slicer_worker, benchmark_report.slicer_worker_lines),
+    "slicer_clicks": Section(lambda settings, _, __: benchmark_clicks.measure(settings), benchmark_clicks.render),
 }
 
 
@@ -160,7 +164,7 @@ def main(
         threads: torch threads for every measurement (default: the CPUs this process may run on); recorded.
         quick: a tiny configuration (64 px, batch 2, one repeat) that checks the machinery in seconds.
         sections: comma-separated subset of ceiling, networks, fast_path, training, end_to_end, batch,
-            slicer_worker; ``all``: every one.
+            slicer_worker, slicer_clicks; ``all``: every one.
         out_json: where to write the measurements.
         out_md: where to write the generated block; everything outside it is kept.
         overrides: configs/inference.json keys and values for the bundle's own path (end_to_end, batch,

@@ -3,10 +3,18 @@
     python -m scripts.export_bundle                         # dist/<name>_v<version>.zip (+ .sha256)
     python -m scripts.export_bundle --torchscript true      # adds models/model.ts
     python -m scripts.export_bundle --checkpoint other.pt   # ship another checkpoint as models/model.pt
+    python -m scripts.export_bundle --interactive true      # dist/<name>_deepedit_v<version>.zip: a click-guided model
 
 Without ``--checkpoint`` it ships the bundle's ``models/model.pt``, or, when none was trained, the demo checkpoint
 that ``configs/inference.json`` falls back to (``demo_ckpt_path``), so that a fresh clone exports a zip that MONAI
 Label serves with working weights.
+
+An interactive export (``--interactive true``; the default ``auto`` makes one whenever the shipped checkpoint is
+click-guided) ships a network that takes the user's clicks: ``--checkpoint``, else ``models/model.pt`` when it is
+click-guided, else the interactive demo checkpoint (``interactive_demo_ckpt_path`` of ``configs/inference.json``).
+Its folder and ``bundle_name`` end in ``_deepedit``, which is what makes MONAI Label's stock ``monaibundle`` app
+serve it twice: ``<name>_deepedit_seg`` (automatic) and ``<name>_deepedit`` (a DeepEdit model taking 3D Slicer's
+points; see "MONAI Label" in docs/design.md). A checkpoint whose network takes no clicks is refused.
 
 The zip holds one folder, ``<name>/``: ``configs/``, ``models/model.pt``, ``docs/``, ``LICENSE``, the ``bundle/`` code
 the configs import, ``sample_data/`` so the receiver's default training command runs, and a ``README.md`` written for
@@ -46,8 +54,16 @@ from bundle.checkpoint import (
     unwrap_state_dict,
 )
 from bundle.config import flag
-from bundle.errors import BundleError
+from bundle.errors import BundleError, ConfigError
 from bundle.export import SETTING_KEYS, export_torchscript
+from scripts.export_card import (
+    describe_data,
+    describe_model,
+    is_click_guided,
+    model_scores,
+    network_phrase,
+    receiver_readme,
+)
 
 CONTENTS = ("configs", "bundle", "docs", "sample_data", "LICENSE")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -55,6 +71,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 DERIVED = ("models/model.ts",)
 # every file of the zip gets this time, so that exporting the same bundle twice writes the same bytes
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+# MONAI Label's monaibundle app serves a bundle whose name contains "deepedit" as a DeepEdit model (and "_seg")
+INTERACTIVE_SUFFIX = "_deepedit"
 
 
 class ExportError(BundleError):
@@ -134,167 +152,6 @@ def _record_network(stage: Path, settings: dict) -> None:
     _write_json(train_path, train)
 
 
-_NETWORKS = {"rfeunet": "RFE U-Net", "flexibleunet": "MONAI's FlexibleUNet", "basicunet": "MONAI's BasicUNet"}
-
-
-def _network_phrase(settings: dict) -> str:
-    """E.g. "RFE U-Net, ResNet-34 encoder, 128x128 input"."""
-    name = settings.get("name", "rfeunet")
-    parts = [_NETWORKS.get(name, str(name))]
-    if name != "basicunet" and settings.get("backbone"):
-        parts.append(f"{str(settings['backbone']).replace('resnet', 'ResNet-')} encoder")
-    if name == "rfeunet" and settings.get("rfe") is False:
-        parts.append("plain skip connections (no RFE modules)")
-    if settings.get("image_size"):
-        parts.append(f"{settings['image_size']}x{settings['image_size']} input")
-    return ", ".join(parts)
-
-
-def _short_folder(path: str) -> str:
-    """The last two parts of a folder: enough to recognise it without publishing the sender's whole path."""
-    parts = Path(path).parts
-    return "/".join(parts[-2:]) if parts else "?"
-
-
-def describe_data(record: dict) -> str:
-    """What the shipped weights were trained on, in one phrase."""
-    about, data = record.get("about") or {}, record.get("data") or {}
-    if about.get("data"):
-        return str(about["data"])
-    if not data:
-        return "data the checkpoint does not record"
-    pairs = f"{data.get('training_pairs', '?')} training and {data.get('validation_pairs', '?')} validation pairs"
-    if data.get("synthetic_sample"):
-        return f"the embedded SYNTHETIC sample ({pairs} of drawn blobs, no real photographs)"
-    source = f"datalist {Path(data['datalist']).name}" if data.get("datalist") else f"{_short_folder(data['dataset'])}/"
-    return f"{pairs} from {source}"
-
-
-def model_scores(record: dict) -> tuple[dict, str]:
-    """The shipped weights' figures for ``eval_metrics`` and the phrase saying where they come from."""
-    about, scores = record.get("about") or {}, record.get("scores") or {}
-    evaluation = (about.get("evaluation") or {}).get("original")
-    if evaluation:
-        metrics = {"val_mean_dice": evaluation["mDice"], "val_mean_iou": evaluation["mIoU"]}
-        where = f"on {evaluation.get('n_images', '?')} held-out photographs at their own size"
-    elif scores:
-        metrics = {key: value for key, value in scores.items() if key != "epoch"}
-        where = f"on the validation pairs at epoch {scores.get('epoch', '?')}"
-    else:
-        return {}, "no recorded scores"
-    figures = ", ".join(f"{key} {value:.4f}" for key, value in metrics.items())
-    return {key: round(float(value), 4) for key, value in metrics.items()}, f"{figures} {where}"
-
-
-def describe_model(metadata: dict, record: dict) -> dict:
-    """``metadata`` rewritten to describe the shipped weights: description, data source, figures and tensor shapes.
-
-    Everything comes from the checkpoint's record (:mod:`bundle.checkpoint`): its network settings, the data it was
-    trained on, its recipe and scores, and, for the demo, its ``about`` provenance.
-    """
-    settings = record["network"]
-    metadata = json.loads(json.dumps(metadata))
-    metrics, where = model_scores(record)
-    recipe = (record.get("about") or {}).get("recipe") or ", ".join(
-        f"{key} {value}" for key, value in (record.get("recipe") or {}).items() if value not in ("", None)
-    )
-    size = settings.get("image_size")
-    metadata["description"] = " ".join(
-        part
-        for part in (
-            "Delineates the skin lesion in an RGB dermoscopy photograph with a U-shaped network"
-            f" ({_network_phrase(settings)}).",
-            "Its skip connections are Receptive Field Enhancement modules built from YOLOv8's SPPF and C2f blocks"
-            " (Zarrin & Nikkhah, JADM 2025)."
-            if settings.get("name", "rfeunet") == "rfeunet" and settings.get("rfe", True)
-            else "",
-            f"Photographs of any size are resized to {size}x{size}; masks come back at the photograph's own size."
-            if size
-            else "",
-            f"Shipped weights: trained on {describe_data(record)}" + (f"; recipe: {recipe}" if recipe else "") + ";",
-            f"{where}.",
-            "Research use only; not a medical device.",
-        )
-        if part
-    )
-    metadata["data_source"] = describe_data(record)
-    metadata["eval_metrics"] = metrics
-    image = metadata["network_data_format"]["inputs"]["image"]
-    pred = metadata["network_data_format"]["outputs"]["pred"]
-    if size:
-        image["spatial_shape"] = pred["spatial_shape"] = [size, size]
-    if "in_channels" in settings:
-        image["num_channels"] = int(settings["in_channels"])
-        for index in range(3, image["num_channels"]):
-            image["channel_def"].setdefault(str(index), f"extra input {index - 2}")
-    if "out_channels" in settings:
-        pred["num_channels"] = int(settings["out_channels"])
-    return metadata
-
-
-RECEIVER_README = """# {title} — MONAI bundle `{name}` v{version}
-
-{description}
-
-Model card (training recipe, measured results, limitations): [docs/README.md](docs/README.md). Release notes:
-`changelog` in `configs/metadata.json`. **Research use only — not a medical device and not for diagnosis.**
-
-## Install
-
-Python ≥ 3.10 with PyTorch, MONAI and the packages the bundle was tested with (`configs/metadata.json`):
-
-    python -m pip install {packages}
-
-(tested with {tested}). Nothing else is installed: run the commands below from this folder, where MONAI's runner
-imports the bundle's own code in `bundle/`.
-
-## Use
-
-    # segment photographs: <photo>_mask.png (0/255, the photo's size) per photo in masks/
-    python -m monai.bundle run --config_file configs/inference.json --dataset_dir /path/to/photos --output_dir masks
-
-    # train or fine-tune on your own images/ and masks/ (or a datalist.json): see docs/README.md
-    python -m monai.bundle run training --config_file configs/train.json --dataset_dir /path/to/data
-
-`models/model.pt` is a plain PyTorch state_dict; the network it fits is described in `configs/metadata.json` and
-built by `configs/inference.json`, so MONAI's own tools work without options, e.g. from Python
-(`sys.path` must hold this folder, since the configs import `bundle`):
-
-    import sys, monai
-    sys.path.insert(0, "/path/to/{name}")
-    net = monai.bundle.load(name="{name}", bundle_dir="/path/to", workflow_type="inference")
-    from bundle.inference import LesionSegmenter
-    mask = LesionSegmenter(bundle_root="/path/to/{name}").segment("photo.jpg")["pred"]
-
-(`monai.bundle.load` takes the working directory as the bundle root, as for any bundle: start it from a folder that
-holds no other `models/model.pt`.) `python -m monai.bundle ckpt_export network_def --filepath models/model.ts
---ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json` writes
-TorchScript, `onnx_export` the same way writes ONNX.
-
-## Before you run it
-
-A bundle is a program: MONAI evaluates the `"$..."` values of `configs/*.json` as Python and `bundle/` runs on
-import. Run bundles only from people you trust, and compare `sha256sum {name}_v{version}.zip` with the hash the
-sender gives you through another channel.
-"""
-
-
-def receiver_readme(metadata: dict) -> str:
-    """The README.md of the zip: what the bundle is, what to install and the commands, for someone without this
-    repository (the repository's README describes a development checkout: ``pip install -e``, tests, CI)."""
-    packages = {"torch": metadata.get("pytorch_version"), "monai": metadata.get("monai_version")}
-    packages.update(metadata.get("required_packages_version", {}))
-    packages["numpy"] = metadata.get("numpy_version")
-    return RECEIVER_README.format(
-        title=metadata.get("name", metadata["bundle_name"]),
-        name=metadata["bundle_name"],
-        version=metadata["version"],
-        description=metadata.get("description", ""),
-        packages=" ".join(packages),
-        tested=", ".join(f"{name} {version}" for name, version in packages.items() if version),
-    )
-
-
 def _zip_folder(folder: Path, destination: Path) -> None:
     """Zip ``folder`` (as the single top folder of the archive) into ``destination``, the same bytes for the same
     files: sorted names, one timestamp, fixed permissions."""
@@ -331,42 +188,70 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def shipped_weights(root: Path, checkpoint: str | os.PathLike | None = None) -> Path:
-    """The checkpoint an export ships: ``checkpoint``, else ``models/model.pt``, else the demo checkpoint that
-    ``configs/inference.json`` names in ``demo_ckpt_path`` when it exists (else ``models/model.pt``, missing)."""
-    if checkpoint:
-        return Path(checkpoint)
-    trained = root / "models" / "model.pt"
-    if trained.is_file():
-        return trained
+def _inference_path(root: Path, key: str) -> Path | None:
+    """The path ``key`` of the bundle's ``configs/inference.json`` names (None: no such config or key)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     try:
         parser.read_config(str(root / "configs" / "inference.json"))
     except (OSError, ValueError):  # no bundle here: export_bundle names what is missing
-        return trained
-    if "demo_ckpt_path" not in parser:  # a bundle from before the demo checkpoint: nothing to fall back on
-        return trained
+        return None
+    if key not in parser:  # a bundle from before that key
+        return None
     parser["bundle_root"] = str(root)
-    demo = Path(parser.get_parsed_content("demo_ckpt_path"))
-    return demo if demo.is_file() else trained
+    return Path(parser.get_parsed_content(key))
+
+
+def shipped_weights(
+    root: Path, checkpoint: str | os.PathLike | None = None, interactive: bool | str | None = None
+) -> Path:
+    """The checkpoint an export ships: ``checkpoint``, else ``models/model.pt``, else the demo checkpoint that
+    ``configs/inference.json`` names in ``demo_ckpt_path`` when it exists (else ``models/model.pt``, missing).
+
+    With ``interactive`` true: ``checkpoint``, else ``models/model.pt`` when it is click-guided, else the interactive
+    demo (``interactive_demo_ckpt_path``) when it exists, else ``models/model.pt`` (which the export then refuses).
+    """
+    if checkpoint:
+        return Path(checkpoint)
+    trained = root / "models" / "model.pt"
+    if _interactive_choice(interactive) is True:
+        if is_click_guided(model_record(trained)):
+            return trained
+        demo = _inference_path(root, "interactive_demo_ckpt_path")
+        return demo if demo is not None and demo.is_file() else trained
+    if trained.is_file():
+        return trained
+    demo = _inference_path(root, "demo_ckpt_path")
+    return demo if demo is not None and demo.is_file() else trained
+
+
+def _interactive_choice(interactive: bool | str | None) -> bool | None:
+    """``interactive`` as True / False, or None for ``auto`` (interactive when the checkpoint is click-guided)."""
+    if interactive is None or (isinstance(interactive, str) and interactive.strip().lower() == "auto"):
+        return None
+    try:
+        return flag(interactive, "interactive")
+    except ConfigError:
+        raise ConfigError(f"--interactive {interactive!r}: use true, false or auto") from None
 
 
 class Export(NamedTuple):
-    """What an export wrote: the zip, the record of the weights it ships (None: none), and whether an identical zip
-    of the same version was already there (then it is left as it was)."""
+    """What an export wrote: the zip, the record of the weights it ships (None: none), whether an identical zip
+    of the same version was already there (then it is left as it was), and whether it is an interactive bundle."""
 
     path: Path
     record: dict | None
     unchanged: bool
+    interactive: bool = False
 
 
-def _shipped_record(weights: Path, allow_random_weights: object) -> dict | None:
+def _shipped_record(root: Path, weights: Path, allow_random_weights: object, interactive: bool | None) -> dict | None:
     """The record of the weights to ship; None when there are none and random weights are allowed.
 
     Raises:
-        ExportError: weights that record no network, or none where they are required.
+        ExportError: weights that record no network, or none where they are required (an interactive bundle
+            always needs them).
     """
     if weights.is_file():
         record = model_record(weights)
@@ -376,9 +261,43 @@ def _shipped_record(weights: Path, allow_random_weights: object) -> dict | None:
                 "train again with this bundle, which records it"
             )
         return record
+    if interactive:
+        demo = _inference_path(root, "interactive_demo_ckpt_path") or "interactive_demo_ckpt_path"
+        raise ExportError(
+            f"{weights}: no such checkpoint; an interactive bundle needs a click-guided one: a models/model.pt trained "
+            f"with configs/interactive.json, the interactive demo {demo}, or --checkpoint"
+        )
     if not flag(allow_random_weights, "allow_random_weights"):
         raise ExportError(f"{weights}: no trained weights to export; train first, or pass --allow_random_weights true")
     return None
+
+
+def _fill_stage(root: Path, stage: Path, weights: Path, record: dict | None, torchscript: bool) -> None:
+    """The zip's files in ``stage`` (named after the bundle): the bundle's files, the weights with their network
+    written into the configs, ``metadata.json`` and the receiver's README describing them, and the TorchScript."""
+    _stage(root, stage)
+    (stage / "models").mkdir()
+    configs = stage / "configs"
+    metadata = _read_json(configs / "metadata.json")
+    metadata["bundle_name"] = stage.name
+    if record is not None:
+        _ship_weights(weights, stage / "models" / "model.pt", record)
+        _record_network(stage, record["network"])
+        metadata = describe_model(metadata, record)
+    else:
+        metadata["description"] = metadata["description"].split(" Shipped weights:")[0] + (
+            " No trained weights are shipped: train first (configs/train.json)."
+        )
+        metadata["eval_metrics"] = {}
+    _write_json(configs / "metadata.json", metadata)
+    (stage / "README.md").write_text(receiver_readme(metadata), encoding="utf-8")
+    if torchscript:
+        export_torchscript(
+            stage / "models" / "model.pt",
+            stage / "models" / "model.ts",
+            config_file=configs / "inference.json",
+            meta_file=configs / "metadata.json",
+        )
 
 
 def export_bundle(
@@ -387,6 +306,7 @@ def export_bundle(
     checkpoint: str | os.PathLike | None = None,
     torchscript: bool | str = False,
     allow_random_weights: bool | str = False,
+    interactive: bool | str | None = None,
 ) -> Export:
     """Write ``<output_dir>/<name>_v<version>.zip`` and ``<zip>.sha256``.
 
@@ -396,16 +316,28 @@ def export_bundle(
         checkpoint: the weights to ship as ``models/model.pt`` (default: :func:`shipped_weights`).
         torchscript: also ship ``models/model.ts`` (MONAI's ``ckpt_export``).
         allow_random_weights: export without trained weights (the receiver's inference warns it has none).
+        interactive: export ``<name>_deepedit``, the click-guided bundle MONAI Label serves as a DeepEdit model;
+            None or ``"auto"``: when the shipped checkpoint is click-guided.
 
     Raises:
-        ExportError: missing metadata, version without a changelog entry, missing files, no checkpoint, or a zip of
-            the same version with other content already in ``output_dir`` (a published version never changes).
+        ExportError: missing metadata, version without a changelog entry, missing files, no checkpoint, an
+            interactive export of a network that takes no clicks, or a zip of the same version with other content
+            already in ``output_dir`` (a published version never changes).
         CheckpointError: the checkpoint cannot be read.
     """
     root = Path(bundle_root).resolve()
     name, version = bundle_identity(root / "configs" / "metadata.json")
-    weights = shipped_weights(root, checkpoint)
-    record = _shipped_record(weights, allow_random_weights)
+    wanted = _interactive_choice(interactive)
+    weights = shipped_weights(root, checkpoint, wanted)
+    record = _shipped_record(root, weights, allow_random_weights, wanted)
+    if wanted and not is_click_guided(record):
+        raise ExportError(
+            f"{weights}: its network takes no clicks (no guidance channels), so it cannot be an interactive bundle; "
+            "export it without --interactive, or give a click-guided checkpoint (trained with configs/interactive.json)"
+        )
+    interactive = is_click_guided(record) if wanted is None else wanted
+    if interactive:
+        name += INTERACTIVE_SUFFIX
     if flag(torchscript, "torchscript") and record is None:
         raise ExportError("--torchscript true needs trained weights to convert")
 
@@ -415,28 +347,7 @@ def export_bundle(
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         stage = Path(tmp) / name
         stage.mkdir()
-        _stage(root, stage)
-        (stage / "models").mkdir()
-        configs = stage / "configs"
-        metadata = _read_json(configs / "metadata.json")
-        if record is not None:
-            _ship_weights(weights, stage / "models" / "model.pt", record)
-            _record_network(stage, record["network"])
-            metadata = describe_model(metadata, record)
-        else:
-            metadata["description"] = metadata["description"].split(" Shipped weights:")[0] + (
-                " No trained weights are shipped: train first (configs/train.json)."
-            )
-            metadata["eval_metrics"] = {}
-        _write_json(configs / "metadata.json", metadata)
-        (stage / "README.md").write_text(receiver_readme(metadata), encoding="utf-8")
-        if flag(torchscript, "torchscript"):
-            export_torchscript(
-                stage / "models" / "model.pt",
-                stage / "models" / "model.ts",
-                config_file=configs / "inference.json",
-                meta_file=configs / "metadata.json",
-            )
+        _fill_stage(root, stage, weights, record, flag(torchscript, "torchscript"))
         partial = Path(tmp) / destination.name
         _zip_folder(stage, partial)
         if destination.exists():
@@ -449,10 +360,10 @@ def export_bundle(
                     f"'changelog' entry for it (e.g. {_next_version(version)}), or delete {destination.name} if it "
                     "was never shared"
                 )
-            return Export(destination, record, unchanged=True)
+            return Export(destination, record, unchanged=True, interactive=interactive)
         os.replace(partial, destination)
     (destination.with_name(destination.name + ".sha256")).write_text(f"{sha256(destination)}  {destination.name}\n")
-    return Export(destination, record, unchanged=False)
+    return Export(destination, record, unchanged=False, interactive=interactive)
 
 
 def _next_version(version: str) -> str:
@@ -463,7 +374,7 @@ def _next_version(version: str) -> str:
 def summary(weights: Path, record: dict) -> str:
     """One line naming the shipped checkpoint: its network, its data and its figures."""
     return (
-        f"shipped {weights} as models/model.pt: {_network_phrase(record['network'])}, trained on "
+        f"shipped {weights} as models/model.pt: {network_phrase(record['network'])}, trained on "
         f"{describe_data(record)}; {model_scores(record)[1]}"
     )
 
@@ -474,6 +385,7 @@ def main(
     checkpoint: str | None = None,
     torchscript: bool | str = False,
     allow_random_weights: bool | str = False,
+    interactive: bool | str = "auto",
 ) -> None:
     """Export the bundle as dist/<name>_v<version>.zip (see the module docstring).
 
@@ -483,18 +395,33 @@ def main(
         checkpoint: the weights to ship as models/model.pt (default: models/model.pt, else the demo model).
         torchscript: also ship models/model.ts.
         allow_random_weights: export without trained weights.
+        interactive: true: dist/<name>_deepedit_v<version>.zip, a click-guided model MONAI Label serves as DeepEdit
+            (default: models/model.pt if click-guided, else the interactive demo); auto: when the model is one.
     """
     root = Path(bundle_root).resolve()
     try:
-        weights = shipped_weights(root, checkpoint)  # chosen once here, so the notice names what was shipped
-        export = export_bundle(root, output_dir, weights, torchscript, allow_random_weights)
+        # chosen once here, so the notice names what was shipped
+        weights = shipped_weights(root, checkpoint, _interactive_choice(interactive))
+        export = export_bundle(root, output_dir, weights, torchscript, allow_random_weights, interactive)
     except BundleError as err:
         print(f"ERROR {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
     if export.record is not None:
         if not checkpoint and weights != root / "models" / "model.pt":
-            print(f"no models/model.pt was trained: shipping the demo checkpoint {weights}")
+            trained = (root / "models" / "model.pt").is_file()
+            print(
+                f"models/model.pt takes no clicks: shipping the interactive demo checkpoint {weights}"
+                if trained and export.interactive
+                else f"no models/model.pt was trained: shipping the "
+                f"{'interactive ' if export.interactive else ''}demo checkpoint {weights}"
+            )
         print(summary(weights, export.record))
+        if export.interactive:
+            name = export.path.name.rsplit("_v", 1)[0]
+            print(
+                f"interactive bundle {name}: MONAI Label serves it as {name} (DeepEdit: the user's points) and "
+                f"{name}_seg (automatic); scripts/monailabel_serve.sh {export.path} /path/to/photos"
+            )
         warning = synthetic_sample_warning(weights)
         if warning:
             print(f"WARNING {warning.lstrip('! ')}", file=sys.stderr)

@@ -11,6 +11,9 @@
 #   --venv DIR    MONAI Label's virtual environment (default: $RFE_MONAILABEL_VENV, else .ci-venv-monailabel in
 #                 this repository; scripts/setup_monailabel_venv.sh DIR builds one)
 #
+# An interactive zip (export_bundle.py --interactive true: <name>_deepedit) needs nothing more: MONAI Label's app
+# serves a bundle whose name contains "deepedit" as two models, <name>_deepedit (DeepEdit: 3D Slicer's points) and
+# <name>_deepedit_seg (automatic).
 # The zip is unpacked into DIR/monaibundle/model/<name>/ once; when that folder exists it is served as it is
 # (MONAI Label training updates its models/model.pt), so delete it to unpack the zip again. Serve a zip, not this
 # repository: the export writes the checkpoint's backbone into train.json, which MONAI Label's training builds

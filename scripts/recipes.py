@@ -19,7 +19,8 @@ A rows file::
               "plain_rotate": {"change": "+ rotations", "datalist": "datalist_all2000.json",
                                "extra": "--augment flips,rotate --model_selection last"}}}
 
-Datalists are relative to ``--dataset_dir``; ``network`` is a label of ``scripts/experiments.py``'s networks.
+Datalists are relative to ``--dataset_dir``; ``network`` is a label of ``scripts/experiments.py``'s networks; a row
+may set its own value of a ``common`` key (e.g. ``"max_epochs": 8``) when that is the change it measures.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def _specs(rows_file: str, dataset_dir: str, num_workers: int) -> tuple[dict[str
         if label not in NETWORKS:
             raise ValueError(f"row {name}: unknown network {label!r}; choose from {', '.join(NETWORKS)}.")
         datalist = str((root / row["datalist"]).resolve()) if row.get("datalist") else ""
+        settings = {**common, **{key: row[key] for key in COMMON_KEYS if key in row}}  # a row may change one
         specs[name] = RunSpec(
             name=name,
             dataset_dir=str(root),
@@ -65,7 +67,7 @@ def _specs(rows_file: str, dataset_dir: str, num_workers: int) -> tuple[dict[str
             extra=_extra_args(row.get("extra", "")),
             network=NETWORKS[label][0],
             rfe=NETWORKS[label][1],
-            **common,
+            **settings,
         )
     if plan["reference"] not in specs:
         raise ValueError(f"the reference row {plan['reference']!r} is not one of the rows.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +17,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RFE_SHARED_DIR", REPO.parent / "shared"))
 ISIC_VAL = SHARED / "data" / "isic2017_val"
+# The click-guided checkpoint of the tests that need a network that answers clicks: the committed interactive demo,
+# else the file RFE_CLICK_CHECKPOINT names (e.g. a fine-tuning's models/model.pt).
+CLICK_DEMO = REPO / "models" / "demo" / "rfeunet_resnet34_isic2017_128_clicks.pt"
 
 
 def run_bundle(
@@ -30,6 +34,18 @@ def run_bundle(
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
+
+
+def script(name: str) -> list[str]:
+    """``python -m scripts.<name>``, as the README types it (run it with :func:`script_env` from any folder)."""
+    return [sys.executable, "-m", f"scripts.{name}"]
+
+
+def script_env() -> dict:
+    """This environment with the repository on PYTHONPATH, so that ``scripts`` imports from any working folder as
+    from the repository's root."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
 
 
 def receiver_env() -> dict:
@@ -48,6 +64,18 @@ def isic_val() -> Path:
     if not (ISIC_VAL / "images").is_dir():
         pytest.skip(f"real ISIC 2017 images not found at {ISIC_VAL} (set RFE_SHARED_DIR to the shared/ folder)")
     return ISIC_VAL
+
+
+@pytest.fixture(scope="session")
+def click_checkpoint(tmp_path_factory) -> Path:
+    """A copy of the click-guided checkpoint (:data:`CLICK_DEMO`, else ``$RFE_CLICK_CHECKPOINT``), so that the
+    ONNX copy the fast path writes beside it stays out of the original's folder."""
+    source = CLICK_DEMO if CLICK_DEMO.is_file() else Path(os.environ.get("RFE_CLICK_CHECKPOINT", "") or CLICK_DEMO)
+    if not source.is_file():
+        pytest.skip(f"no click-guided checkpoint: neither {CLICK_DEMO} nor $RFE_CLICK_CHECKPOINT exists")
+    copy = tmp_path_factory.mktemp("click-checkpoint") / "model.pt"
+    shutil.copyfile(source, copy)
+    return copy
 
 
 @pytest.fixture

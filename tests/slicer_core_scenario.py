@@ -2,11 +2,15 @@
 Slicer Core venv's Python, never collected by pytest itself.
 
     python tests/slicer_core_scenario.py REPORT.json PHOTO.jpg WORKER_PYTHON OUTPUT_DIR
+    python tests/slicer_core_scenario.py clicks REPORT.json PHOTO.jpg WORKER_PYTHON OUTPUT_DIR BUNDLE POINTS.json
 
 Slicer Core has MRML and the module logics but no application, so this sets up what Slicer's application gives a
 module (``slicer.mrmlScene`` and the Volumes, Segmentations and Terminologies logics on it), loads the photo as
 Slicer's loader leaves a PNG/JPEG (an RGB vector volume, LPS axes, row 0 at the top), then drives the Logic as the
 Widget does. It checks array equalities itself (a failed check exits non-zero) and writes what it saw to REPORT.
+The first form runs this repository's bundle (the automatic demo network: points pick regions); ``clicks`` runs
+BUNDLE (a click-guided network: points run it again), placing, moving and removing the points of POINTS.json
+(``{"background": [row, column], "foreground": [row, column], "moved": [row, column]}``) and saving each mask.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -100,6 +105,9 @@ def main(report_path: str, photo: str, worker_python: str, output_dir: str) -> N
         segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} lesion")
         points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Remove")
         session.setInteraction(volume, segmentation, 0.5, None, points)
+        report["clicks_guide_network"] = session.clicksGuideNetwork
+        report["click_mode"] = session.clickModeText()
+        runs_before_points = session.client.request("info")[0]["forward_count"]
         mask, segment_id = session.lesionMask(segmentation, volume)
         np.testing.assert_array_equal(mask, answer["pred"])
         segment = segmentation.GetSegmentation().GetSegment(segment_id)
@@ -129,6 +137,7 @@ def main(report_path: str, photo: str, worker_python: str, output_dir: str) -> N
         points.RemoveAllControlPoints()  # PointRemovedEvent
         report["after_remove_pixels"] = int(session.lesionMask(segmentation, volume)[0].sum())
         report["redraws"] = len(redraws)
+        report["network_runs_for_points"] = session.client.request("info")[0]["forward_count"] - runs_before_points
 
         png, seg = session.save(segmentation, volume, output_dir)
         report["saved"] = [str(png), str(seg)]
@@ -152,5 +161,101 @@ def main(report_path: str, photo: str, worker_python: str, output_dir: str) -> N
     Path(report_path).write_text(json.dumps(report, indent=2))
 
 
+def wait_for_clicks(session, timeout: float = 300.0) -> None:
+    """Poll the Logic as the Widget's timer does until the worker's answer to the points is in."""
+    deadline = time.monotonic() + timeout
+    while session.pollClicks():
+        assert time.monotonic() < deadline, "no answer to the points"
+        time.sleep(0.02)
+
+
+def clicks_main(
+    report_path: str, photo: str, worker_python: str, output_dir: str, bundle: str, points_path: str
+) -> None:
+    """Points that guide a click-guided network: each placement, move (typed, or dragged and let go) and removal
+    runs the network once in the worker; the threshold does not; no points give back Segment's mask."""
+    modules = application()
+    logic.load_terminology(modules.terminologies.logic())
+    wanted = json.loads(Path(points_path).read_text())
+    scene = slicer.mrmlScene
+    volume, _ = load_photo(scene, Path(photo))
+    session = logic.SkinLesionSegmentationLogic(Path(output_dir) / "cache")
+    options = logic.WorkerOptions(
+        bundle=bundle, python=(worker_python,), device="cpu", env=dict(os.environ), request_timeout=300
+    )
+    report: dict = {"masks": {}, "runs": {}, "decoded": {}}
+    redraws = []
+    session.onMaskUpdated = redraws.append
+    folder = Path(output_dir)
+
+    def runs() -> int:
+        return session.client.request("info")[0]["forward_count"]
+
+    def record(step: str, before: int) -> None:
+        wait_for_clicks(session)
+        report["runs"][step] = runs() - before
+        report["decoded"][step] = session.clickSummary(volume).get("decoded")
+        np.save(folder / f"{step}.npy", session.lesionMask(segmentation, volume)[0])
+        report["masks"][step] = str(folder / f"{step}.npy")
+
+    try:
+        report["mode_before_segment"] = session.clickModeText()
+        answer = session.startSegmentation(volume, options).result(timeout=900)
+        session.setProbability(volume, answer["prob"])
+        report["clicks_guide_network"] = session.clicksGuideNetwork
+        report["click_mode"] = session.clickModeText()
+        segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} lesion")
+        keep = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Keep")
+        remove = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Remove")
+        start = runs()
+        session.setInteraction(volume, segmentation, 0.5, keep, remove)
+        np.testing.assert_array_equal(session.lesionMask(segmentation, volume)[0], answer["pred"])
+        report["runs"]["no_points"] = runs() - start
+        np.save(folder / "segment.npy", answer["pred"])
+
+        before = runs()
+        remove.AddControlPoint(ras_of_pixel(volume, *wanted["background"]))  # PointPositionDefinedEvent
+        report["request_running_after_place"] = session.pollClicks()  # answered in the background
+        record("background", before)
+        report["notes_after_background"] = redraws[-1]
+
+        before = runs()
+        keep.AddControlPoint(ras_of_pixel(volume, *wanted["foreground"]))
+        record("background_foreground", before)
+
+        before = runs()
+        remove.SetNthControlPointPosition(0, ras_of_pixel(volume, *wanted["moved"]))  # typed in: PointModifiedEvent
+        record("moved_background_foreground", before)
+
+        # A drag: nothing is sent while the mouse moves, the network runs once when it is let go.
+        before = runs()
+        moving = slicer.vtkMRMLMarkupsDisplayNode.GetMovingInSliceViewAttributeName()
+        remove.SetAttribute(moving, "Red")
+        remove.SetNthControlPointPosition(0, ras_of_pixel(volume, *wanted["background"]))
+        report["request_running_during_drag"] = session.pollClicks()
+        remove.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+        remove.SetAttribute(moving, "")
+        record("dragged_back", before)
+
+        before = runs()
+        session.setInteraction(volume, segmentation, 0.3, keep, remove)  # the threshold slider
+        record("threshold_0.3", before)
+        session.setInteraction(volume, segmentation, 0.5, keep, remove)
+
+        before = runs()
+        remove.RemoveAllControlPoints()  # PointRemovedEvent: the first point gone, the network runs again
+        record("foreground_only", before)
+        before = runs()
+        keep.RemoveAllControlPoints()  # no points: Segment's map again, no network run
+        record("no_points_again", before)
+        report["redraws"] = len(redraws)
+    finally:
+        session.cleanup()
+    Path(report_path).write_text(json.dumps(report, indent=2))
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1] == "clicks":
+        clicks_main(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])

@@ -9,6 +9,7 @@ activations saturate and every pixel gets the same class, and masks that are all
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_FILES = ("configs", "bundle", "docs", "sample_data", "LICENSE", "README.md")
 SMALL_NETWORK = {"backbone": "resnet34", "image_size": 64}
+# the same network taking clicks (configs/interactive.json's guidance channels)
+SMALL_CLICK_NETWORK = {**SMALL_NETWORK, "guidance": ["positive_clicks", "negative_clicks", "previous_mask"]}
 
 
 def copy_bundle(destination: Path) -> Path:
@@ -31,9 +34,9 @@ def copy_bundle(destination: Path) -> Path:
     return destination
 
 
-def write_small_checkpoint(path: Path, seed: int = 0) -> Path:
+def write_small_checkpoint(path: Path, seed: int = 0, network: dict | None = None) -> Path:
     """Write a ResNet-34, 64-pixel RFE U-Net checkpoint (as training writes ``models/model.pt``) built by the
-    configs."""
+    configs; ``network``: other settings (default :data:`SMALL_NETWORK`)."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -41,7 +44,7 @@ def write_small_checkpoint(path: Path, seed: int = 0) -> Path:
 
     parser = ConfigParser()
     parser.read_config(str(REPO / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(path.parent.parent), "ckpt_path": str(path), **SMALL_NETWORK})
+    parser.update({"bundle_root": str(path.parent.parent), "ckpt_path": str(path), **(network or SMALL_NETWORK)})
     settings = parser.get_parsed_content("network_settings")
     preprocessing = parser.get_parsed_content("preprocessing")
     torch.manual_seed(seed)
@@ -69,11 +72,13 @@ def small_bundle(destination: Path) -> Path:
 
 
 def export_zip(bundle_root: Path, output_dir: Path, *options: str) -> Path:
-    """Run ``scripts/export_bundle.py`` as a user does and return the zip it wrote."""
+    """Run ``python -m scripts.export_bundle`` as a user does (the repository on the path) and return the zip it
+    wrote."""
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "export_bundle.py"),
+            "-m",
+            "scripts.export_bundle",
             "--bundle_root",
             str(bundle_root),
             "--output_dir",
@@ -83,6 +88,7 @@ def export_zip(bundle_root: Path, output_dir: Path, *options: str) -> Path:
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))},
     )
     if proc.returncode != 0:
         raise AssertionError(f"export failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -19,20 +19,28 @@ import pytest
 import torch
 from PIL import Image
 
-from .conftest import REPO
+from .conftest import REPO, script, script_env
 from .conftest import receiver_env as _receiver_env
-from .small_bundle import SMALL_NETWORK, copy_bundle, export_zip, small_bundle, write_small_checkpoint
+from .small_bundle import (
+    SMALL_CLICK_NETWORK,
+    SMALL_NETWORK,
+    copy_bundle,
+    export_zip,
+    small_bundle,
+    write_small_checkpoint,
+)
 
 PHOTOS = ("ISIC_0001769.jpg", "ISIC_0001852.jpg", "ISIC_0003462.jpg")
 
 
 def _export(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "export_bundle.py"), *args],
+        [*script("export_bundle"), *args],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=cwd,
+        env=script_env(),
     )
 
 
@@ -282,3 +290,54 @@ def test_export_names_the_checkpoint_its_data_and_score_and_describes_it(tmp_pat
     assert "ResNet-101" not in metadata["description"] and "256x256" not in metadata["description"]
     assert inference["network_defaults"]["backbone"] == "resnet34" and inference["network_defaults"]["image_size"] == 64
     assert "pip install -e" not in readme and metadata["description"] in readme
+
+
+@pytest.mark.slow
+def test_interactive_export_ships_a_click_guided_model_as_deepedit_and_refuses_one_without_clicks(tmp_path):
+    root = copy_bundle(tmp_path / "bundle")  # a fresh clone: nothing trained, no interactive demo yet
+    dist = tmp_path / "dist"
+    demo = root / "models" / "demo" / "rfeunet_resnet34_isic2017_128_clicks.pt"  # interactive_demo_ckpt_path
+    proc = _export("--bundle_root", str(root), "--output_dir", str(dist), "--interactive", "true")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"ERROR {root}/models/model.pt: no such checkpoint; an interactive bundle needs a click-guided one: a "
+        f"models/model.pt trained with configs/interactive.json, the interactive demo {demo}, or --checkpoint"
+    ]
+    plain = write_small_checkpoint(root / "models" / "model.pt")
+    proc = _export("--bundle_root", str(root), "--output_dir", str(dist), "--interactive", "true")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"ERROR {plain}: its network takes no clicks (no guidance channels), so it cannot be an interactive bundle; "
+        "export it without --interactive, or give a click-guided checkpoint (trained with configs/interactive.json)"
+    ]
+    assert not dist.exists() or not list(dist.glob("*.zip"))
+
+    # models/model.pt takes no clicks: the interactive demo is shipped
+    write_small_checkpoint(demo, network=SMALL_CLICK_NETWORK)
+    proc = _export("--bundle_root", str(root), "--output_dir", str(dist), "--interactive", "true")
+    assert proc.returncode == 0, proc.stderr
+    name = "rfe_unet_skin_lesion_deepedit"
+    assert f"models/model.pt takes no clicks: shipping the interactive demo checkpoint {demo}" in proc.stdout
+    assert f"MONAI Label serves it as {name} (DeepEdit: the user's points) and {name}_seg (automatic)" in proc.stdout
+    [path] = dist.glob("*.zip")
+    assert path.name == f"{name}_v0.1.0.zip"
+    with zipfile.ZipFile(path) as archive:
+        assert {n.split("/", 1)[0] for n in archive.namelist()} == {name}
+        assert archive.read(f"{name}/models/model.pt") == demo.read_bytes()
+        metadata = json.loads(archive.read(f"{name}/configs/metadata.json"))
+        inference = json.loads(archive.read(f"{name}/configs/inference.json"))
+        readme = archive.read(f"{name}/README.md").decode()
+    assert metadata["bundle_name"] == name
+    image, pred = metadata["network_data_format"]["inputs"]["image"], metadata["network_data_format"]["outputs"]["pred"]
+    assert image["num_channels"] == 6 and image["channel_def"] == {
+        "0": "R", "1": "G", "2": "B", "3": "positive_clicks", "4": "negative_clicks", "5": "previous_mask"
+    }  # fmt: skip
+    assert pred["channel_def"] == {"0": "background", "1": "lesion"}  # MONAI Label's DeepEdit labels
+    assert inference["network_defaults"]["guidance"] == SMALL_CLICK_NETWORK["guidance"]
+    assert inference["use_click"] is True  # MONAI Label sets it false for the automatic <name>_seg
+    assert "takes the user's clicks" in metadata["description"] and f"`{name}_seg`" in readme
+
+    # auto (the default): a click-guided checkpoint makes the interactive bundle, the same zip as above
+    proc = _export("--bundle_root", str(root), "--output_dir", str(dist), "--checkpoint", str(demo))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith(f"unchanged: an identical {path} (sha256 ")

@@ -47,7 +47,7 @@ def received(tmp_path_factory, isic_val):
     with zipfile.ZipFile(path) as archive:
         archive.extractall(base / "unpacked")
     bundle = base / "unpacked" / "rfe_unet_skin_lesion"
-    shipped = shutil.copy2(bundle / "models" / "model.pt", base / "shipped.pt")  # the receiver's training replaces it
+    shipped = shutil.copy2(bundle / "models" / "model.pt", base / "shipped.pt")  # what the zip ships (the receiver's training keeps it)
     photo = sorted((isic_val / "images").iterdir())[0]
     work = base / "work"
     work.mkdir()
@@ -112,29 +112,33 @@ def test_config_workflows_segment_and_train(received):
     assert steps["infer_workflow"] == {"missing": [], "masks": [f"{photo.stem}_mask.png"]}
     mask = np.asarray(Image.open(bundle.parent.parent / "work" / "masks" / f"{photo.stem}_mask.png"))
     assert mask.shape == np.asarray(Image.open(photo)).shape[:2] and 0.02 < (mask > 0).mean() < 0.98
-    train = steps["train_workflow"]
-    assert train == {"missing": [], "epochs": 1, "pairs": 16, "model_changed": True}
+    train = dict(steps["train_workflow"])
+    trained = Path(train.pop("trained"))
+    # a new training never replaces the model the zip ships: it writes into its own folder under models/
+    assert train == {"missing": [], "epochs": 1, "pairs": 16, "trained_differs": True, "shipped_kept": True}
+    assert trained.parent.parent == bundle / "models" and trained.is_file()
 
 
 def test_inference_after_training_on_the_sample_warns_once_on_the_cli_and_in_python(received, tmp_path):
     """The README's own order: train on the embedded sample, then segment photographs."""
-    bundle, _, _, photo = received
+    bundle, _, steps, photo = received
+    trained = Path(steps["train_workflow"]["trained"]).relative_to(bundle)
     proc = run_bundle(
         "run", "--config_file", "configs/inference.json", "--dataset_dir", str(photo), "--output_dir",
-        str(tmp_path / "masks"), cwd=bundle, env=receiver_env(),
+        str(tmp_path / "masks"), "--ckpt_path", str(trained), cwd=bundle, env=receiver_env(),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     output = (proc.stdout + proc.stderr).splitlines()
     warnings = [line for line in output if "WARNING" in line]
     assert len(warnings) == 1, warnings
-    assert "models/model.pt" in warnings[0] and "SYNTHETIC" in warnings[0] and "configs/demo.json" in warnings[0]
+    assert str(trained) in warnings[0] and "SYNTHETIC" in warnings[0] and "configs/demo.json" in warnings[0]
     (summary,) = [line for line in proc.stdout.splitlines() if line.startswith("segmented")]
     assert summary.startswith("segmented 1 of 1 images; 0 failed (by a model trained on the synthetic sample")
 
     from bundle.inference import LesionSegmenter
 
     with pytest.warns(SyntheticSampleWarning, match="SYNTHETIC"):
-        LesionSegmenter(bundle_root=bundle)
+        LesionSegmenter(bundle_root=bundle, overrides={"ckpt_path": str(bundle / trained)})
 
 
 def test_the_zip_describes_the_model_it_ships(received):

@@ -2,7 +2,10 @@
 MONAI Label module drives it: info, inference with the module's parameters, label upload, training, inference again;
 then the wrong turns (an unknown image id, a corrupt photo, labels of another size or not images, too few labels),
 each of which must end as the bundle's one line in the server log and in ``GET /train/``, leaving the model alone.
-All tests share one server (a start costs a minute or more).
+All tests share one server (a start costs a minute or more). The interactive bundle (``export_bundle.py
+--interactive true``) gets a server of its own, with a click-guided checkpoint: MONAI Label lists it as a DeepEdit
+model beside its automatic twin, and Slicer's points (a background point in a false lesion region, a lesion point in
+a missed one) change the mask there.
 
 Needs the MONAI Label venv (``scripts/setup_monailabel_venv.sh``; ``.ci/run`` builds it) and the real ISIC photos.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,8 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .conftest import REPO
 from .monailabel_server import MonaiLabelServer, can_isolate_network, missing_venv_reason
-from .small_bundle import SMALL_NETWORK, export_zip, small_bundle
+from .small_bundle import SMALL_NETWORK, copy_bundle, export_zip, small_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +35,9 @@ PHOTOS = ("ISIC_0001769", "ISIC_0001852", "ISIC_0003462")  # datastore order: th
 TRANSPOSED, HALF_SIZE, LAST = "ISIC_0001871", "ISIC_0003539", "ISIC_0003657"
 CORRUPT = "corrupt_photo"
 SLICER_INFER_PARAMS = {"result_extension": ".nrrd", "result_dtype": "uint8", "result_compress": False}
+# the interactive bundle: MONAI Label serves <name>_deepedit as a DeepEdit model and <name>_deepedit_seg
+INTERACTIVE = f"{NAME}_deepedit"
+LABELS = {NAME: {"lesion": 1}, f"{INTERACTIVE}_seg": {"lesion": 1}, INTERACTIVE: {"background": 0, "lesion": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +58,18 @@ def server(tmp_path_factory, isic_val):
     assert served.stop() == [], "processes left behind"
 
 
-def _infer(server: MonaiLabelServer, image: str) -> np.ndarray:
-    """POST /infer like Slicer's module; return the label as a numpy (H, W) array, checking the file's geometry."""
+def _infer(server: MonaiLabelServer, image: str, model: str = NAME, points: dict | None = None) -> np.ndarray:
+    """POST /infer like Slicer's module; return the label as a numpy (H, W) array, checking the file's geometry.
+
+    ``points``: what the module adds for an interactive model, e.g. ``{"lesion": [[i, j, 0]], "background": []}``.
+    """
     import nrrd
 
-    reply = server.request(
-        "POST", server.query(f"/infer/{NAME}", image=image), fields={"params": json.dumps(SLICER_INFER_PARAMS)}
-    )
+    params = {**SLICER_INFER_PARAMS, **(points or {})}
+    reply = server.request("POST", server.query(f"/infer/{model}", image=image), fields={"params": json.dumps(params)})
     assert reply.status == 200, f"{reply.body[:2000]!r}\n{server.log_tail()}"
     parts = reply.parts()
-    assert json.loads(parts["params"][1])["label_names"] == {"lesion": 1}
+    assert json.loads(parts["params"][1])["label_names"] == LABELS[model]
     filename, content = parts["image"]
     assert filename.endswith(".nrrd")
     path = server.apps_dir / "reply.nrrd"
@@ -287,3 +297,127 @@ def _wait_for_training(server: MonaiLabelServer, timeout: float = 600.0) -> dict
             return status
         time.sleep(2.0)
     raise AssertionError(f"training did not finish within {timeout:.0f} s:\n{server.log_tail()}")
+
+
+# -- the interactive bundle -------------------------------------------------------------------------------------------
+# Photos whose automatic mask, with the click-guided checkpoint, has a false lesion region (a background point removes
+# it) or misses a lesion region (a lesion point adds it), found by running the model; each test uses the first one
+# whose region is deep enough to click inside, so that another click-guided checkpoint needs no new list.
+FALSE_REGION_PHOTOS = ("ISIC_0012159", "ISIC_0012127", "ISIC_0012959")
+MISSED_REGION_PHOTOS = ("ISIC_0010459", "ISIC_0014611", "ISIC_0014055")
+NO_POINTS = {"lesion": [], "background": [], "label": "lesion"}  # what the Slicer module sends before any point
+
+
+@pytest.fixture(scope="module")
+def clicks_checkpoint() -> Path:
+    """The click-guided checkpoint the interactive server ships: the committed interactive demo
+    (configs/inference.json's ``interactive_demo_ckpt_path``), else the checkpoint ``$RFE_INTERACTIVE_CKPT`` names."""
+    demo = _interactive_demo(REPO)
+    if demo.is_file():
+        return demo
+    given = os.environ.get("RFE_INTERACTIVE_CKPT")
+    if given and Path(given).is_file():
+        return Path(given)
+    pytest.skip(f"no click-guided checkpoint: {demo} is not there and RFE_INTERACTIVE_CKPT names no file")
+
+
+@pytest.fixture(scope="module")
+def interactive_server(tmp_path_factory, isic_val, clicks_checkpoint):
+    """A server of the interactive bundle exported as on a fresh clone: the checkpoint is the interactive demo."""
+    reason = missing_venv_reason()
+    if reason:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("monailabel_interactive")
+    root = copy_bundle(base / "bundle")
+    demo = _interactive_demo(root)
+    demo.parent.mkdir(parents=True)
+    shutil.copy(clicks_checkpoint, demo)
+    zip_path = export_zip(root, base / "dist", "--interactive", "true")
+    assert zip_path.name.startswith(f"{INTERACTIVE}_v")
+    studies = base / "studies"
+    studies.mkdir()
+    for stem in dict.fromkeys((*FALSE_REGION_PHOTOS, *MISSED_REGION_PHOTOS)):
+        shutil.copy(isic_val / "images" / f"{stem}.jpg", studies)
+    served = MonaiLabelServer(zip_path, studies, base / "apps", isolate_network=can_isolate_network())
+    served.start()
+    yield served
+    assert served.stop() == [], "processes left behind"
+
+
+def test_info_lists_the_deepedit_model_and_its_automatic_twin(interactive_server):
+    info = interactive_server.json("GET", "/info/")
+    deepedit, automatic = info["models"][INTERACTIVE], info["models"][f"{INTERACTIVE}_seg"]
+    assert (deepedit["type"], deepedit["dimension"], deepedit["labels"]) == ("deepedit", 2, LABELS[INTERACTIVE])
+    assert (automatic["type"], automatic["dimension"]) == ("segmentation", 2)
+    assert automatic["labels"] == LABELS[f"{INTERACTIVE}_seg"]
+    # the Slicer module makes a segment per label and, for a DeepEdit model, sends each segment's points by its name
+    assert sorted(info["labels"]) == ["background", "lesion"]
+    assert INTERACTIVE in info["trainers"]
+
+
+def test_a_background_point_in_a_false_lesion_region_removes_it(interactive_server):
+    stem, reference, region, (row, column) = _error_region(interactive_server, FALSE_REGION_PHOTOS, missed=False)
+    points = {**NO_POINTS, "background": [[column, row, 0]]}  # Slicer's [i, j, k]: column, row, slice
+    clicked = _infer(interactive_server, stem, INTERACTIVE, points)
+    truth = _truth(stem)
+    assert clicked[row, column] == 0, stem
+    assert clicked[region].mean() < 0.5, (stem, clicked[region].mean())  # most of the false region is gone
+    assert _iou(clicked, truth) > _iou(reference, truth), stem
+    # the automatic twin ignores points: MONAI Label tells it so (use_click false)
+    assert np.array_equal(_infer(interactive_server, stem, f"{INTERACTIVE}_seg", points), reference)
+
+
+def test_a_lesion_point_in_a_missed_region_adds_it(interactive_server):
+    stem, reference, region, (row, column) = _error_region(interactive_server, MISSED_REGION_PHOTOS, missed=True)
+    clicked = _infer(interactive_server, stem, INTERACTIVE, {**NO_POINTS, "lesion": [[column, row, 0]]})
+    truth = _truth(stem)
+    assert clicked[row, column] == 1, stem
+    disk_area = np.pi * _disk_radius(interactive_server, truth.shape) ** 2
+    added = int(clicked[region].sum())
+    assert added > 2 * disk_area, (stem, added, disk_area)  # the lesion grows there, well beyond the click's disk
+    assert _iou(clicked, truth) > _iou(reference, truth), stem
+
+
+def _interactive_demo(bundle_root: Path) -> Path:
+    """Where the bundle at ``bundle_root`` keeps its interactive demo checkpoint (``interactive_demo_ckpt_path``)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle_root)
+    return Path(parser.get_parsed_content("interactive_demo_ckpt_path"))
+
+
+def _truth(stem: str) -> np.ndarray:
+    return (np.asarray(Image.open(_isic_mask(stem))) > 127).astype(np.uint8)
+
+
+def _iou(mask: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.logical_and(mask, truth).sum() / np.logical_or(mask, truth).sum())
+
+
+def _disk_radius(server: MonaiLabelServer, shape: tuple[int, int]) -> float:
+    """The radius of a click's disk (the network's ``click_radius`` at its working size) in a photo of ``shape``."""
+    from bundle.checkpoint import network_settings
+
+    settings = network_settings(server.apps_dir / "monaibundle" / "model" / INTERACTIVE / "models" / "model.pt")
+    return settings["click_radius"] * max(shape) / settings["image_size"]
+
+
+def _error_region(server: MonaiLabelServer, photos: tuple[str, ...], missed: bool):
+    """The first of ``photos`` whose automatic mask (the DeepEdit model without points) has an error region (a missed
+    lesion region if ``missed``, else a false one) deep enough to click well inside: the photo, that mask, the region
+    and its deepest pixel (row, column)."""
+    from scipy import ndimage
+
+    for stem in photos:
+        reference = _infer(server, stem, INTERACTIVE, NO_POINTS)
+        truth = _truth(stem).astype(bool)
+        errors = truth & ~reference.astype(bool) if missed else reference.astype(bool) & ~truth
+        depth = ndimage.distance_transform_edt(np.pad(errors, 1))[1:-1, 1:-1]
+        row, column = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        if depth[row, column] >= 2 * _disk_radius(server, errors.shape):
+            regions, _ = ndimage.label(errors)
+            return stem, reference, regions == regions[row, column], (int(row), int(column))
+    pytest.fail(f"none of {photos} has a {'missed' if missed else 'false'} lesion region twice as deep as a click's "
+                "disk with this checkpoint: add a photo where it has one")  # fmt: skip

@@ -82,3 +82,28 @@ def test_model_selection_decides_which_epochs_write_model_pt(tmp_path, selection
 def test_an_unknown_model_selection_is_refused(tmp_path):
     with pytest.raises(ValueError, match="best, last"):
         TrainingCheckpoints(tmp_path, state={}, selection="latest")
+
+
+def test_greyscale_augmentation_gives_what_a_greyscale_photo_gives_and_leaves_guidance_alone():
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from bundle.transforms import RandGreyscaled
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    m, s = torch.tensor(mean).reshape(3, 1, 1), torch.tensor(std).reshape(3, 1, 1)
+    rgb = np.random.RandomState(0).randint(0, 256, (8, 6, 3)).astype(np.uint8)  # (H, W, 3)
+
+    def normalised(photo: np.ndarray) -> torch.Tensor:  # as the pipeline makes it: (3, W, H)
+        return (torch.from_numpy(photo).permute(2, 1, 0).float() / 255 - m) / s
+
+    guidance = torch.rand(2, 6, 8)
+    out = RandGreyscaled("image", prob=1.0, pixel_mean=mean, pixel_std=std)(
+        {"image": torch.cat((normalised(rgb), guidance))}
+    )["image"]
+    grey_photo = np.asarray(Image.fromarray(rgb).convert("RGB").convert("L").convert("RGB"))
+    assert torch.allclose(out[:3], normalised(grey_photo), atol=0.5 / 255 / 0.224)  # Pillow rounds to whole levels
+    assert torch.equal(out[3:], guidance)
+    untouched = normalised(rgb)
+    assert torch.equal(RandGreyscaled("image", prob=0.0)({"image": untouched})["image"], untouched)

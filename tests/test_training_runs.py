@@ -45,7 +45,9 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+    from bundle.checkpoint import read_checkpoint, unwrap_state_dict
+
+    return unwrap_state_dict(read_checkpoint(path))  # a shipped model.pt (plain) or a training's (under "model")
 
 
 # --- the choice of folder, settings and resume check, in-process -------------------------------------------------

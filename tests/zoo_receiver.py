@@ -138,14 +138,15 @@ def main(bundle: Path, schema: Path, photo: Path, work: Path) -> None:
     missing = workflow.check_properties()
     workflow.run()
     workflow.finalize()
+    trained = Path(workflow.parser.get_parsed_content("save_dir")) / "model.pt"
     report(
         "train_workflow",
         missing=missing,
         epochs=workflow.trainer.state.epoch,
         pairs=len(workflow.train_dataset),
-        model_changed=not torch.equal(
-            torch.load(models / "model.pt", weights_only=True)[name].float(), shipped[name].float()
-        ),
+        trained=str(trained),
+        trained_differs=not torch.equal(torch.load(trained, weights_only=True)[name].float(), shipped[name].float()),
+        shipped_kept=torch.equal(torch.load(models / "model.pt", weights_only=True)[name], shipped[name]),
     )
 
 

@@ -51,7 +51,9 @@ class SkinLesionSegmentation(ScriptedLoadableModule):
         self.parent.helpText = (
             "Segments the skin lesion in a dermoscopy photograph (PNG/JPEG loaded as a single file) with the RFE U-Net "
             "MONAI bundle, running in a separate worker process. Threshold, keep/remove points and region refinement "
-            "correct the result; measurements are geometry for research, not a diagnosis. "
+            "correct the result: with a click-guided network the points run it again with every point, with an "
+            "automatic one they keep or remove lesion regions. Measurements are geometry for research, not a "
+            "diagnosis. "
             "Research use only; not a medical device."
         )
         self.parent.acknowledgementText = (
@@ -130,6 +132,7 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.deviceComboBox.currentIndex = int(settings.value(f"{SETTINGS}/device", 0))
         self.ui.outputFolderLineEdit.currentPath = settings.value(f"{SETTINGS}/outputFolder", "")
         self.ui.progressBar.hide()
+        self.ui.clickModeLabel.text = self.logic.clickModeText()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -292,6 +295,7 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
     def poll(self):
         for line in self.logic.takeLogLines():
             self.addLog(line)
+        self.logic.pollClicks()  # the worker's answer to the points, when they guide the network
         if self._future is None:
             return
         if not self._future.done():
@@ -334,6 +338,7 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
         def done(result):
             self.logic.setProbability(volume, result["prob"])
+            self.ui.clickModeLabel.text = self.logic.clickModeText()
             self.updateMask()
             runs = result["forward_count"]
             return f"Segmented on {result['device']} in {result['seconds']:.2f} s (network runs so far: {runs})."
@@ -350,8 +355,9 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.updateMask()
 
     def updateMask(self, *_):
-        """Threshold and points from the cached probability map (no network run); the Logic then follows the
-        points as they are placed, moved or removed."""
+        """Threshold and points from the cached probability map; the Logic then follows the points as they are
+        placed, moved or removed (running a click-guided network again in the background, picking regions of the
+        mask otherwise)."""
         self.logic.setInteraction(
             self.ui.inputVolumeSelector.currentNode(),
             self.ui.outputSegmentationSelector.currentNode(),
@@ -371,7 +377,7 @@ class SkinLesionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         volume, roi = node.inputVolume, node.refineRegion
 
         def done(probability):
-            self.logic.setProbability(volume, probability)
+            self.logic.setRefinedProbability(volume, probability)
             self.updateMask()
             return "Refined inside the region."
 

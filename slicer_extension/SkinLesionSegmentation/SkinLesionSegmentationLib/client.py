@@ -103,6 +103,7 @@ class WorkerClient:
         self.request_timeout = request_timeout
         self.lines: collections.deque[str] = collections.deque(maxlen=200)
         self.info: dict = {}
+        self._photos_sent: set[str] = set()  # photo keys the running worker was sent (it may have dropped some)
         self._process: subprocess.Popen | None = None
         self._socket: socket.socket | None = None
         self._reader: threading.Thread | None = None
@@ -146,6 +147,7 @@ class WorkerClient:
 
     def _start_locked(self) -> dict:
         self.lines.clear()
+        self._photos_sent.clear()
         if self._process is not None:
             code = self._process.poll()
             self._kill()
@@ -329,6 +331,30 @@ class WorkerClient:
         """Lesion probability (``"prob"``, float32) and mask (``"pred"``, 0/1) of a photo in any layout
         :func:`photo_from_volume_array` accepts; plus ``"forward_count"``, ``"seconds"`` and ``"device"``."""
         result, arrays = self.request("segment", arrays={"image": photo_from_volume_array(photo)})
+        return {**result, "prob": arrays["prob"], "pred": arrays["pred"]}
+
+    def click(self, photo: np.ndarray, clicks: Sequence[Sequence], reset: bool = False, key: str = "") -> dict:
+        """A click-guided network's lesion probability (``"prob"``) and mask (``"pred"``) for a photo and the user's
+        clicks, in the order they were placed: ``(x, y, positive)``, x the column and y the row in the photo's pixels.
+        Plus ``"network_runs"`` (1 for a click added, moved or removed last), ``"decoded"``, ``"forward_count"``,
+        ``"seconds"`` and ``"device"``.
+
+        The worker keeps the photo between clicks, under ``key`` (any name that changes when the pixels do; default:
+        a hash of the pixels, :func:`protocol.photo_key`): the photo is sent only when this worker has not been sent
+        it (or dropped it), and ``reset`` starts its session again.
+        """
+        photo = photo_from_volume_array(photo)
+        key = key or protocol.photo_key(photo)
+        params = {
+            "photo": key,
+            "clicks": [[float(c[0]), float(c[1]), bool(c[2])] for c in clicks],
+            "reset": bool(reset),
+        }
+        send = reset or key not in self._photos_sent
+        result, arrays = self.request("click", params, {"image": photo} if send else {})
+        if result.get("needs_image"):
+            result, arrays = self.request("click", params, {"image": photo})
+        self._photos_sent.add(key)
         return {**result, "prob": arrays["prob"], "pred": arrays["pred"]}
 
     def batch(self, input_path: str | os.PathLike, output_dir: str | os.PathLike) -> dict:

@@ -22,6 +22,7 @@ import socketserver
 import sys
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: import the library as a package, not its files one by one
@@ -31,6 +32,9 @@ from SkinLesionSegmentationLib import bundles, protocol, results  # noqa: E402
 
 logger = logging.getLogger("skin_lesion_worker")
 AUTH_TIMEOUT_S = 30.0
+# Photos whose click sessions the worker keeps (each: the photo preprocessed at the network's size, one packed mask
+# per click); the least recently clicked goes first.
+MAX_CLICK_SESSIONS = 2
 
 
 def one_line(error: BaseException) -> str:
@@ -50,6 +54,7 @@ class BundleModel:
         self.overrides = dict(overrides or {})
         self.forward_count = 0
         self.fallback_reason = ""
+        self.sessions: OrderedDict[str, ClickedPhoto] = OrderedDict()
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
@@ -70,32 +75,76 @@ class BundleModel:
         # No writer: a folder's results are written by batch(), as a mask PNG and a .seg.nrrd, where the user chose.
         overrides = {**self.overrides, **device_overrides, "writer": None}
         self.segmenter = LesionSegmenter(bundle_root=self.bundle_root, overrides=overrides)
+        self.guidance = self.segmenter.guidance
         self.device = device
+        self.sessions.clear()  # they hold the previous network's runner
 
     def _fall_back(self, err: BaseException) -> None:
         self.fallback_reason = f"GPU not usable ({one_line(err)}); running on the CPU"
         logger.warning(self.fallback_reason)
         self._load("cpu")
 
-    def segment(self, photo) -> dict:
-        """The bundle's ``segment_array`` on a (rows, columns, 3) uint8 photo; retried on the CPU if the GPU fails."""
-        import numpy as np
+    def _with_cpu_fallback(self, run):
+        """``run()``, and once more on the CPU if the GPU fails (out of memory, a CUDA or cuDNN error)."""
         import torch
 
         try:
-            output = self.segmenter.segment_array(photo)
+            return run()
         except RuntimeError as err:  # torch.cuda.OutOfMemoryError is one
             gpu_failure = isinstance(err, torch.cuda.OutOfMemoryError) or "CUDA" in str(err) or "cuDNN" in str(err)
             if self.device == "cpu" or not gpu_failure:
                 raise
             self._fall_back(err)
-            output = self.segmenter.segment_array(photo)
+            return run()
+
+    def segment(self, photo) -> dict:
+        """The bundle's ``segment_array`` on a (rows, columns, 3) uint8 photo; retried on the CPU if the GPU fails."""
+        import numpy as np
+
+        output = self._with_cpu_fallback(lambda: self.segmenter.segment_array(photo))
         # one network run per photo; counted here because the fast path may run an exported copy of the network
         self.forward_count += 1
         return {
             "prob": np.asarray(output["prob"], dtype=np.float32),
             "pred": np.asarray(output["pred"], dtype=np.uint8),
         }
+
+    def click(self, key: str, photo, clicks: list, reset: bool = False) -> tuple[dict, dict] | None:
+        """Segment the photo ``key`` with the user's ``clicks`` (``(x, y, positive)`` in the order they were placed).
+
+        The photo's session is kept (:data:`MAX_CLICK_SESSIONS` photos, least recently clicked dropped first), so
+        a photo is decoded and preprocessed once; ``photo`` (a (rows, columns, 3) uint8 array) is needed only for a
+        photo the worker does not hold, or with ``reset``, which starts its session again.
+
+        Returns:
+            ``(summary, {"prob", "pred"})``, or None when the worker does not hold ``key`` and no photo came.
+
+        Raises:
+            ValueError: the bundle's network takes no clicks (an automatic one).
+        """
+        if not self.guidance:
+            raise ValueError(
+                "this bundle's network takes no clicks (an automatic network); the module uses the points to pick "
+                "lesion regions instead"
+            )
+
+        def run():
+            if reset:
+                self.sessions.pop(key, None)
+            clicked = self.sessions.get(key)
+            decoded = clicked is None
+            if clicked is None:
+                if photo is None:
+                    return None
+                clicked = self.sessions[key] = ClickedPhoto(self.segmenter.session(photo))
+                while len(self.sessions) > MAX_CLICK_SESSIONS:
+                    self.sessions.popitem(last=False)
+            self.sessions.move_to_end(key)
+            output, runs = clicked.segment(clicks)
+            self.forward_count += runs
+            return {"network_runs": runs, "decoded": decoded, "clicks": len(clicks)}, output
+
+        return self._with_cpu_fallback(run)
 
     def info(self) -> dict:
         import monai
@@ -110,6 +159,8 @@ class BundleModel:
             "device": self.device,
             "fallback": self.fallback_reason,
             "has_weights": bool(getattr(runner, "has_weights", False)),
+            "guidance": list(self.guidance),
+            "click_sessions": len(self.sessions),
             "segment_name": self.spec.name,
             "segment_color": list(self.spec.color),
             "segment_terminology": self.spec.terminology,
@@ -154,6 +205,55 @@ class BundleModel:
         return {"written": written, "failures": failures}
 
 
+class ClickedPhoto:
+    """One photo segmented with an ordered list of clicks, through the bundle's ``ClickSession`` (photo decoded and
+    preprocessed once).
+
+    The mask after clicks c1..ck is the network's answer to the photo, those clicks and, as its previous mask, the
+    mask after c1..c(k-1) (none before the first click): a function of the ordered list alone. The masks along the
+    last list are kept (packed, one bit a pixel), so a list reached from the last one by adding, moving or removing
+    its last click costs one network run; removing or moving an earlier click replays the clicks after it. Removing
+    a click therefore gives back exactly the mask the list without it gives.
+    """
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.clicks: list[tuple[float, float, bool]] = []
+        self.masks: list[tuple[object, tuple[int, ...]]] = []  # packed mask after self.clicks[:k], for each k kept
+
+    def segment(self, clicks) -> tuple[dict, int]:
+        """``({"prob", "pred"} as (rows, columns) arrays, network runs)`` for ``clicks`` (``(x, y, positive)``)."""
+        import numpy as np
+
+        clicks = [(float(x), float(y), bool(positive)) for x, y, positive in clicks]
+        common = 0
+        while common < min(len(clicks), len(self.clicks)) and clicks[common] == self.clicks[common]:
+            common += 1
+        self.clicks = clicks
+        del self.masks[common + 1 :]  # masks[k] holds for clicks[:k] while k <= common
+        first = min(len(self.masks), len(clicks))
+        for k in range(first, len(clicks) + 1):
+            self.session.clicks = {
+                "positive": [[x, y] for x, y, positive in clicks[:k] if positive],
+                "negative": [[x, y] for x, y, positive in clicks[:k] if not positive],
+            }
+            self.session.previous = self._unpack(self.masks[k - 1]) if k else None
+            result = self.session.predict()
+            pred = np.asarray(result["pred"].detach().cpu(), dtype=np.uint8)  # (W, H), the bundle's order
+            del self.masks[k:]
+            self.masks.append((np.packbits(pred, axis=None), pred.shape))
+        prob = np.asarray(result["prob"].detach().cpu(), dtype=np.float32)
+        output = {"prob": np.ascontiguousarray(prob.T), "pred": np.ascontiguousarray(pred.T)}
+        return output, len(clicks) + 1 - first
+
+    @staticmethod
+    def _unpack(packed) -> object:
+        import numpy as np
+
+        bits, shape = packed
+        return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(np.float32)
+
+
 class Worker:
     """Answers the module's requests; one model, requests served one at a time."""
 
@@ -183,6 +283,28 @@ class Worker:
             "forward_count": self.model.forward_count,
             "device": self.model.device,
         }
+        return summary, output
+
+    def request_click(self, params: dict, arrays: dict) -> tuple[dict, dict]:
+        """A click-guided network's answer to the user's points: ``params`` ``{"photo": key, "clicks": [[x, y,
+        positive], ...] in placing order, "reset": bool}``, the ``image`` array when the worker may not hold the
+        photo. Answers ``{"needs_image": true}`` when it does not and none came."""
+        key = params.get("photo")
+        if not isinstance(key, str) or not key:
+            raise ValueError("a click request names no 'photo'")
+        clicks = params.get("clicks", [])
+        if not isinstance(clicks, list) or not all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(v, (int, float)) for v in c) for c in clicks
+        ):
+            raise ValueError("a click request's 'clicks' is not a list of [x, y, positive]")
+        started = time.perf_counter()
+        answer = self.model.click(key, arrays.get("image"), clicks, reset=bool(params.get("reset")))
+        if answer is None:
+            return {"needs_image": True}, {}
+        summary, output = answer
+        summary.update(
+            seconds=time.perf_counter() - started, forward_count=self.model.forward_count, device=self.model.device
+        )
         return summary, output
 
     def request_batch(self, params: dict, arrays: dict) -> tuple[dict, dict]:
