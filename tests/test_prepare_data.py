@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from bundle.data import load_datalist
-from scripts.prepare_data import ISIC_FOLDERS, DownloadError, download_file, main, prepare_data
+from scripts.downloads import DownloadError, download_file
+from scripts.prepare_data import ISIC_FOLDERS, main, prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("training", "validation", "test")
