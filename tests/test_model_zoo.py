@@ -47,7 +47,8 @@ def received(tmp_path_factory, isic_val):
     with zipfile.ZipFile(path) as archive:
         archive.extractall(base / "unpacked")
     bundle = base / "unpacked" / "rfe_unet_skin_lesion"
-    shipped = shutil.copy2(bundle / "models" / "model.pt", base / "shipped.pt")  # what the zip ships (the receiver's training keeps it)
+    # what the zip ships (the receiver's training keeps it)
+    shipped = shutil.copy2(bundle / "models" / "model.pt", base / "shipped.pt")
     photo = sorted((isic_val / "images").iterdir())[0]
     work = base / "work"
     work.mkdir()
