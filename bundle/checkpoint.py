@@ -37,21 +37,24 @@ from typing import Any
 import torch
 
 from bundle.errors import CheckpointError, CheckpointMismatchError, MissingCheckpointError
+from bundle.networks.registry import BACKBONES
 
 __all__ = [
     "NetworkCheckpoint",
     "check_settings",
-    "export_torchscript",
     "first_existing",
     "init_from",
     "load_weights",
     "model_record",
     "network_settings",
+    "plain_values",
     "read_checkpoint",
+    "recorded_settings",
     "recorded_state_dict",
     "synthetic_sample_warning",
     "training_data",
     "unwrap_state_dict",
+    "wrapper_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -140,7 +143,14 @@ def unwrap_state_dict(checkpoint: Any) -> dict[str, torch.Tensor] | None:
     return {k[len(_DDP_PREFIX) :] if k.startswith(_DDP_PREFIX) else k: v for k, v in state.items()}
 
 
-def _plain(settings: Mapping[str, Any]) -> dict[str, Any]:
+def wrapper_key(checkpoint: Any) -> str:
+    """The key of :data:`WRAPPER_KEYS` under which ``checkpoint`` holds its state_dict; ``""`` for a bare one."""
+    if not isinstance(checkpoint, Mapping) or _is_state_dict(checkpoint):
+        return ""
+    return next((key for key in WRAPPER_KEYS if _is_state_dict(checkpoint.get(key))), "")
+
+
+def plain_values(settings: Mapping[str, Any]) -> dict[str, Any]:
     """``settings`` as JSON-compatible values (tuples become lists), or a ValueError naming what is not."""
     try:
         return json.loads(json.dumps(dict(settings)))
@@ -204,7 +214,8 @@ def _record(checkpoint: Any) -> dict[str, Any] | None:
     return record
 
 
-def _recorded_settings(checkpoint: Any) -> dict[str, Any] | None:
+def recorded_settings(checkpoint: Any) -> dict[str, Any] | None:
+    """The network settings recorded in a checkpoint already read (:func:`read_checkpoint`), or None."""
     record = _record(checkpoint)
     return dict(record["network"]) if record and isinstance(record.get("network"), Mapping) else None
 
@@ -215,7 +226,7 @@ def recorded_state_dict(state: Mapping[str, torch.Tensor], record: Mapping[str, 
     Raises:
         ValueError: ``record`` holds something other than plain values, or has no ``network`` settings.
     """
-    record = _plain(record)
+    record = plain_values(record)
     if not isinstance(record.get("network"), Mapping):
         raise ValueError("a model record needs the 'network' settings")
     result = OrderedDict(state)
@@ -254,8 +265,6 @@ def first_existing(*paths: str | os.PathLike) -> str:
 
 def _encoder_of(state: Mapping[str, torch.Tensor]) -> str | None:
     """The ResNet backbone a bare RFE U-Net state_dict was made with, judged by its blocks; None if unknown."""
-    from bundle.networks.rfe_unet import BACKBONES
-
     layer3 = {int(k.split(".")[2]) for k in state if k.startswith("encoder.layer3.")}
     block = "bottleneck" if any(k.startswith("encoder.layer1.0.conv3.") for k in state) else "basic"
     for name, (kind, layers) in BACKBONES.items():
@@ -267,7 +276,9 @@ def _encoder_of(state: Mapping[str, torch.Tensor]) -> str | None:
 def check_settings(path: str | os.PathLike, recorded: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
     """Raise :class:`CheckpointMismatchError` naming both values of every setting where the two differ."""
     differing = [
-        key for key in expected if key in recorded and _plain({"v": recorded[key]}) != _plain({"v": expected[key]})
+        key
+        for key in expected
+        if key in recorded and plain_values({"v": recorded[key]}) != plain_values({"v": expected[key]})
     ]
     if differing:
         trained = ", ".join(f"{key} {recorded[key]!r}" for key in differing)
@@ -318,7 +329,7 @@ def load_weights(
     state = unwrap_state_dict(checkpoint)
     if state is None:
         raise CheckpointError(ckpt_path, "holds no state_dict (a mapping of parameter names to tensors)")
-    recorded = _recorded_settings(checkpoint)
+    recorded = recorded_settings(checkpoint)
     if expected and recorded:
         check_settings(ckpt_path, recorded, expected)
     target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
@@ -385,7 +396,7 @@ def init_from(
     state = unwrap_state_dict(checkpoint)
     if state is None:
         raise CheckpointError(ckpt_path, "holds no state_dict (a mapping of parameter names to tensors)")
-    recorded = _recorded_settings(checkpoint)
+    recorded = recorded_settings(checkpoint)
     if expected and recorded:
         check_settings(ckpt_path, recorded, {k: v for k, v in expected.items() if k not in FINE_TUNING_MAY_CHANGE})
     target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
@@ -432,10 +443,10 @@ class NetworkCheckpoint:
         recipe: Mapping[str, Any] | None = None,
     ) -> None:
         self.network = network
-        self.settings = _plain(settings)
-        self.data = _plain(data) if data else None
+        self.settings = plain_values(settings)
+        self.data = plain_values(data) if data else None
         self.validator = validator
-        self.recipe = _plain(recipe) if recipe else None
+        self.recipe = plain_values(recipe) if recipe else None
 
     def _target(self) -> torch.nn.Module:
         network = self.network
@@ -457,64 +468,3 @@ class NetworkCheckpoint:
         if state is None:
             raise CheckpointError("checkpoint", "holds no state_dict (a mapping of parameter names to tensors)")
         self._target().load_state_dict(state)
-
-
-# Config keys of configs/inference.json that hold each recorded setting.
-SETTING_KEYS = {
-    "name": "network_name",
-    "backbone": "backbone",
-    "rfe": "rfe",
-    "image_size": "image_size",
-    "pixel_mean": "pixel_mean",
-    "pixel_std": "pixel_std",
-    "guidance": "guidance",
-    "click_radius": "click_radius",
-}
-
-
-def export_torchscript(
-    ckpt_path: str | os.PathLike,
-    filepath: str | os.PathLike,
-    settings: Mapping[str, Any] | None = None,
-    config_file: str | os.PathLike = "configs/inference.json",
-    meta_file: str | os.PathLike = "configs/metadata.json",
-) -> Path:
-    """Export the checkpoint as TorchScript with MONAI's ``ckpt_export``, embedding a true ``inference.json``.
-
-    ``ckpt_export`` embeds the config file it is given as it is written; ``configs/inference.json`` takes the
-    network from the checkpoint, which the TorchScript file no longer has. So the embedded copy is ``config_file``
-    with the :data:`SETTING_KEYS` written as the values in ``settings`` (the config's, checked against the
-    checkpoint; the checkpoint's own when None), e.g. ``"backbone": "resnet34"``, ``"image_size": 128``. The
-    default paths are relative to the bundle root, where the bundle runner starts.
-
-    Returns:
-        ``filepath``.
-
-    Raises:
-        MissingCheckpointError, CheckpointError, CheckpointMismatchError: as :func:`load_weights`.
-    """
-    import tempfile
-
-    from monai.bundle import ConfigParser, ckpt_export
-
-    checkpoint = read_checkpoint(ckpt_path, mmap=True)
-    recorded = _recorded_settings(checkpoint)
-    settings = {"guidance": [], **_plain(settings or recorded or {})}  # no record of guidance: three channels
-    if recorded:
-        check_settings(ckpt_path, recorded, settings)
-    wrapped = isinstance(checkpoint, Mapping) and not _is_state_dict(checkpoint)
-    key_in_ckpt = next((key for key in WRAPPER_KEYS if _is_state_dict(checkpoint.get(key))), "") if wrapped else ""
-    config = ConfigParser.load_config_file(config_file)
-    config.update({key: settings[setting] for setting, key in SETTING_KEYS.items() if setting in settings})
-    with tempfile.TemporaryDirectory() as folder:
-        embedded = Path(folder) / "inference.json"
-        embedded.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
-        ckpt_export(
-            net_id="network_def",
-            filepath=str(filepath),
-            ckpt_file=str(ckpt_path),
-            meta_file=str(meta_file),
-            config_file=str(embedded),
-            key_in_ckpt=key_in_ckpt,
-        )
-    return Path(filepath)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bundle.config import flag
 from bundle.data import (
     DATALIST_NAME,
     DEFAULT_SPLIT_FRACTIONS,
@@ -43,6 +43,7 @@ from bundle.data import (
     with_output_names,
 )
 from bundle.errors import BadInputError, DataError
+from bundle.files import threaded_map
 from bundle.images import EXIF_ORIENTATION, displayed_size, lesion_binary, read_mask_values, read_photo
 
 __all__ = [
@@ -162,7 +163,8 @@ def checked_pairs(
     Args:
         items: the split's items, paths absolute (``bundle.data.load_datalist``).
         split: its name, for the messages.
-        skip_bad_pairs: leave bad pairs out (each logged, and their count) instead of refusing.
+        skip_bad_pairs: leave bad pairs out (each logged, and their count) instead of refusing (a yes/no word
+            as the command line gives it works too).
         working_size: the network's input size, to decode photos no larger than needed.
         source: where the split comes from, for the messages (e.g. the datalist file).
 
@@ -172,11 +174,11 @@ def checked_pairs(
             every one full.
     """
     where = f"the {split} split" + (f" of {source}" if source else "")
+    skip_bad_pairs = flag(skip_bad_pairs, "skip_bad_pairs")
     if not items:
         raise DataError(f"{where} holds no image/mask pairs.")
     _require_labels(items, where)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="rfe-check") as pool:
-        checks = list(pool.map(lambda item: check_pair(item, working_size), items))
+    checks = list(threaded_map(lambda item: check_pair(item, working_size), items))
     bad = [c.problem for c in checks if c.problem]
     for line in bad:
         logger.error("%s (%s)", line, "left out" if skip_bad_pairs else where)

@@ -29,11 +29,21 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from bundle.config import suggestion
-from bundle.errors import BundleError, ConfigError
+from bundle.errors import BundleError, ConfigError, DataError, one_line
 
-__all__ = ["OPTION_HELP", "TRACEBACK_ENV", "check_overrides", "excepthook", "help_text", "install", "project_error"]
+__all__ = [
+    "OPTION_HELP",
+    "TRACEBACK_ENV",
+    "check_overrides",
+    "excepthook",
+    "help_text",
+    "install",
+    "project_error",
+    "run_inference",
+]
 
 TRACEBACK_ENV = "RFE_TRACEBACK"
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -100,9 +110,39 @@ def excepthook(kind: type[BaseException], error: BaseException, traceback: Trace
     if found is None:
         sys.__excepthook__(kind, error, traceback)
         return
-    message = " ".join(str(found).split()) or type(found).__name__
-    print(f"ERROR {message}", file=sys.stderr, flush=True)
+    print(f"ERROR {one_line(found)}", file=sys.stderr, flush=True)
     raise SystemExit(getattr(found, "exit_code", 1))
+
+
+def run_inference(runner: Any, items: Sequence[Any], rank: int = 0, world_size: int = 1) -> int:
+    """The ``run`` of ``configs/inference.json``: segment ``items`` with ``runner`` (a
+    ``bundle.inference.SegmentationRunner``), print one ``ERROR`` line per file that failed and a summary line.
+
+    With ``world_size`` processes (``configs/multi_gpu_inference.json``), process ``rank`` segments every
+    ``world_size``-th item from its own position, and says so when none are left for it.
+
+    Returns:
+        0 when every item was segmented.
+
+    Raises:
+        DataError: there is nothing to segment.
+        SystemExit: status 1 when any item failed.
+    """
+    if not items:
+        raise DataError("no input images found")
+    share = list(items)[rank::world_size]
+    if not share:
+        print(f"no photos left for process {rank} ({len(items)} photos, {world_size} processes)", flush=True)
+        return 0
+    results, failures = runner.run(
+        share, on_failure=lambda _, reason: print(f"ERROR {reason}", file=sys.stderr, flush=True), keep_results=False
+    )
+    caution = " (by a model trained on the synthetic sample: see the warning above)" if runner.warning else ""
+    empty = f"; {len(runner.empty_masks)} with an empty mask (see the warnings)" if runner.empty_masks else ""
+    print(f"segmented {len(results)} of {len(share)} images; {len(failures)} failed{caution}{empty}", flush=True)
+    if failures:
+        raise SystemExit(1)
+    return 0
 
 
 def _option_value(argv: Sequence[str], name: str) -> str | None:
@@ -229,8 +269,10 @@ _AUTOMATIC = ("device", "amp", "num_workers", "ckpt_path")  # chosen for the mac
 
 
 def _default(key: str, config: Mapping, depth: int = 0) -> str:
-    """The default of ``key`` in ``config`` as a user reads it: literals as they are; of an expression, the value it
-    falls back on (``@trained.get('backbone', 'resnet101')`` → resnet101, ``... @bundle_root + '/eval'`` → eval)."""
+    """The default of ``key`` in ``config`` as a user reads it: literals as they are; a network setting taken from
+    the checkpoint (``@trained['backbone']``), the default of an untrained network (``bundle.networks.registry``);
+    of another expression, the value it falls back on (``... @bundle_root + '/eval'`` → eval); "auto" for what is
+    chosen for the machine (device, amp, num_workers, ckpt_path)."""
     value = config.get(key, "")
     if isinstance(value, str) and value.startswith("%") and "#" in value and depth < 3:  # a macro: the file's value
         from monai.bundle import ConfigParser
@@ -242,25 +284,20 @@ def _default(key: str, config: Mapping, depth: int = 0) -> str:
             return ""
     if isinstance(value, str) and value.startswith("@") and depth < 3:
         return _default(value[1:], config, depth + 1)
-    if not isinstance(value, str) or not value.startswith("$"):
+    computed = isinstance(value, Mapping) and "_target_" in value
+    if not computed and (not isinstance(value, str) or not value.startswith("$")):
         return json.dumps(value) if not isinstance(value, str) else (value or '""')
-    recorded = re.fullmatch(r"\$@trained\['(\w+)'\]", value)  # the checkpoint's setting, else network_defaults'
-    defaults = config.get("network_defaults")
-    # train.json reads them from inference.json when it runs (a "_target_" component, not the values)
-    if recorded and (not isinstance(defaults, Mapping) or "_target_" in defaults):
-        try:
-            from monai.bundle import ConfigParser
-
-            defaults = ConfigParser.load_config_file("configs/inference.json").get("network_defaults")
-        except (OSError, ValueError):
-            defaults = None
-    if recorded and isinstance(defaults, Mapping):
-        default = defaults.get(recorded.group(1), "")
-        return json.dumps(default) if not isinstance(default, str) else default
     if key in _AUTOMATIC:
         return "auto"
-    fallback = re.search(r"\.get\('\w+', (.+)\)$", value) or re.search(r"@bundle_root \+ '/([^']*)'$", value)
-    return fallback.group(1).strip("'").replace("True", "true").replace("False", "false") if fallback else ""
+    if computed:
+        return ""
+    recorded = re.fullmatch(r"\$@trained\['(\w+)'\]", value)
+    if recorded:
+        from bundle.networks.registry import NETWORK_DEFAULTS
+
+        return _default(recorded.group(1), NETWORK_DEFAULTS, depth + 1)
+    fallback = re.search(r"@bundle_root \+ '/([^']*)'$", value)
+    return fallback.group(1) if fallback else ""
 
 
 def help_text(files: Sequence[str]) -> str:

@@ -14,11 +14,13 @@ import os
 from collections.abc import Iterable, Mapping
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bundle.errors import ConfigError
 
-__all__ = ["at_least", "choice", "device", "flag", "image_size", "inference_part", "suggestion"]
+__all__ = ["at_least", "choice", "device", "flag", "image_size", "inference_part", "look_up", "suggestion"]
+
+T = TypeVar("T")
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0", "none", "")
@@ -54,10 +56,21 @@ def choice(value: object, options: Iterable[str], name: str = "option") -> str:
     Raises:
         ConfigError: naming the key, the value, the options and the closest one.
     """
-    options = tuple(options)
-    if value not in options:
-        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(options)}{suggestion(str(value), options)}")
-    return str(value)
+    return str(look_up(value, tuple(options), name))
+
+
+def look_up(value: object, options: Mapping[str, T] | Iterable[str], name: str = "option") -> T | str:
+    """The option ``value`` names: ``options[value]`` for a mapping (a registry), else ``value`` itself.
+
+    What MONAI's ``look_up_option`` does, with the one-line message of every option of this bundle.
+
+    Raises:
+        ConfigError: ``value`` is not one of ``options``, naming the key, the value, the options and the closest one.
+    """
+    names = tuple(options)
+    if not isinstance(value, str) or value not in names:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(names)}{suggestion(str(value), names)}")
+    return options[value] if isinstance(options, Mapping) else value
 
 
 def at_least(value: object, minimum: float, name: str = "option", integer: bool = True) -> int | float:

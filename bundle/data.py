@@ -61,6 +61,7 @@ __all__ = [
     "describe_training_data",
     "output_names",
     "with_output_names",
+    "data_loader",
     "loader_workers",
     "worker_init",
 ]
@@ -112,7 +113,7 @@ _JSON_FORMAT = (
     '[...], "test": [...]}, or a .csv file'
 )
 _PREPARE_HINT = (
-    "For the official ISIC 2016-2018 or PH2 archives, python scripts/prepare_data.py <archives or folders> --out DIR "
+    "For the official ISIC 2016-2018 or PH2 archives, python -m scripts.prepare_data <archives or folders> --out DIR "
     "writes a datalist with the paper's splits."
 )
 
@@ -732,6 +733,32 @@ def worker_init(worker_id: int) -> None:
 
     torch.set_num_threads(1)
     worker_init_fn(worker_id)
+
+
+def data_loader(
+    dataset: Sequence[Any],
+    batch_size: int = 1,
+    shuffle: bool = False,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    **kwargs: Any,
+):
+    """MONAI's ``DataLoader`` with this bundle's worker policy: workers started by :func:`worker_init` and kept
+    from one epoch to the next; ``drop_last`` only when ``dataset`` holds more than one batch, so that a data set
+    smaller than a batch still trains. ``kwargs`` (a ``sampler``...) are passed on.
+    """
+    from monai.data import DataLoader
+
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        drop_last=bool(drop_last) and len(dataset) > batch_size,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=worker_init,
+        **kwargs,
+    )
 
 
 def original_files(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ __all__ = [
     "TrainingError",
     "SyntheticSampleWarning",
     "innermost",
+    "one_line",
 ]
 
 
@@ -89,3 +90,8 @@ def innermost(error: BaseException) -> BaseException:
     while error.__cause__ is not None:
         error = error.__cause__
     return error
+
+
+def one_line(error: BaseException) -> str:
+    """``error``'s message on one line (white space folded), or its type's name when it has none."""
+    return " ".join(str(error).split()) or type(error).__name__

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bundle.config import flag
 from bundle.data import OUTPUT_NAME_KEY
 from bundle.errors import ConfigError
 from bundle.files import atomic_write, write_text_atomically
@@ -51,6 +52,13 @@ def overlay(photo_rgb: np.ndarray, pred_hw: np.ndarray, truth_hw: np.ndarray, al
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def _title(network: Mapping[str, Any]) -> str:
+    from bundle.networks.registry import NETWORK_DEFAULTS, network_title
+
+    name = network.get("name", NETWORK_DEFAULTS["name"])
+    return network_title(name, network.get("backbone", ""), network.get("rfe", True))
+
+
 def _as_hw(mask: Any) -> np.ndarray:
     """(1, W, H) or (W, H) 0/1 tensor in MONAI's index order → (H, W) uint8 array in numpy's."""
     array = np.asarray(torch.as_tensor(mask).detach().cpu())
@@ -74,7 +82,9 @@ class SegmentationReport:
         save_overlays: write one overlay PNG per photograph (longer side at most ``overlay_size`` pixels).
         jaccard_threshold: ISIC 2018's thresholded Jaccard cut-off.
         noise_std: recorded in the report (the Gaussian noise σ added to the [0, 1] image, Table 10).
-        title: the model's row label in the markdown table.
+        title: the model's row label in the markdown table; by default the network's name
+            (``bundle.networks.registry.network_title`` of ``network``).
+        network: the settings of the network evaluated (``configs/inference.json``'s ``network_settings``).
         scored: what was scored, recorded in ``metrics.json`` and ``metrics.md`` with the checkpoint's SHA-256, the
             number of images and the time: ``{"checkpoint": path, "data": datalist or folder, "split": key}``.
     """
@@ -86,15 +96,16 @@ class SegmentationReport:
         overlay_size: int = 1024,
         jaccard_threshold: float = 0.65,
         noise_std: float = 0.0,
-        title: str = "RFE U-Net",
+        title: str | None = None,
         scored: Mapping[str, Any] | None = None,
+        network: Mapping[str, Any] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.scored = {key: str(value) for key, value in (scored or {}).items()}
-        self.save_overlays = save_overlays
+        self.save_overlays = flag(save_overlays, "save_overlays")
         self.overlay_size = overlay_size
         self.noise_std = float(noise_std)
-        self.title = title
+        self.title = title or _title(network or {})
         self.scores = {
             "working": SegmentationScores(jaccard_threshold),
             "original": SegmentationScores(jaccard_threshold),

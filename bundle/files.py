@@ -1,11 +1,17 @@
-"""Writing files so that a reader never sees half of one: write beside the target, then rename into place."""
+"""Writing files so that a reader never sees half of one (write beside the target, then rename into place), and
+working through many files in threads."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
@@ -31,3 +37,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8, newlines as given) to ``path`` through :func:`atomic_write`."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline=""))
+
+
+def threaded_map(function: Callable[[T], R], items: Iterable[T], threads: int = 8) -> Iterator[R]:
+    """``function`` of each of ``items``, in order, computed by up to ``threads`` threads (no more than the CPUs).
+
+    For reading and writing image files: Pillow decodes and encodes without holding the GIL, so threads give real
+    parallelism there.
+    """
+    with ThreadPoolExecutor(max_workers=min(threads, os.cpu_count() or 1), thread_name_prefix="rfe-files") as pool:
+        yield from pool.map(function, items)

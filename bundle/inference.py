@@ -2,8 +2,9 @@
 
 ``SegmentationRunner`` is what ``configs/inference.json`` builds as its ``runner``; :class:`LesionSegmenter` is that
 file parsed from Python (the Slicer worker, a MONAI Label app, the benchmark and the tests use it), so there is
-exactly one definition of the pipeline. The library raises (``bundle.errors``) and never prints or exits; only
-:meth:`SegmentationRunner.main`, the command line's entry, prints one line per failed file and sets the exit status.
+exactly one definition of the pipeline. The library raises (``bundle.errors``) and never prints or exits; the command
+line's entry (``bundle.cli.run_inference``, the config's ``run``) prints one line per failed file and sets the exit
+status.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from bundle.checkpoint import load_weights, synthetic_sample_warning
+from bundle.config import at_least, flag
 from bundle.data import with_output_names
-from bundle.errors import ConfigError, DataError, SyntheticSampleWarning, innermost
+from bundle.errors import ConfigError, SyntheticSampleWarning, innermost, one_line
 
 __all__ = ["BUNDLE_ROOT", "ClickSession", "LesionSegmenter", "SegmentationRunner", "describe_error"]
 
@@ -88,6 +89,7 @@ class SegmentationRunner:
             the network runs (0: one thread does it).
 
     Raises:
+        bundle.errors.ConfigError: (at construction) ``amp`` that is no yes/no value, a negative ``num_workers``.
         bundle.errors.CheckpointError: (at construction) an unreadable checkpoint or one for another network.
     """
 
@@ -110,8 +112,8 @@ class SegmentationRunner:
         self.inferer = inferer
         self.postprocessing = postprocessing
         self.writer = writer
-        self.amp = bool(amp)
-        self.num_workers = int(num_workers)
+        self.amp = flag(amp, "amp")
+        self.num_workers = at_least(num_workers, 0, "num_workers")
         self.empty_masks: list[str] = []  # the photos of the last run() whose mask is empty
         self.has_weights = (
             load_weights(self.network, ckpt_path, map_location=self.device, expected=network_settings)
@@ -269,28 +271,6 @@ class SegmentationRunner:
             logger.info("[%d/%d] %s -> %s", index, len(items), source, data.get("pred_path", "(in memory)"))
         return results, failures
 
-    def main(self, items: Sequence[Item]) -> int:
-        """Command-line entry of ``configs/inference.json``: one ``ERROR`` line per failed file, a summary line,
-        and exit status 1 when any failed.
-
-        Raises:
-            bundle.errors.DataError: when there is nothing to segment.
-            SystemExit: status 1 when any input failed.
-        """
-        if not items:
-            raise DataError("no input images found")
-        results, failures = self.run(
-            items,
-            on_failure=lambda _, reason: print(f"ERROR {reason}", file=sys.stderr, flush=True),
-            keep_results=False,
-        )
-        caution = " (by a model trained on the synthetic sample: see the warning above)" if self.warning else ""
-        empty = f"; {len(self.empty_masks)} with an empty mask (see the warnings)" if self.empty_masks else ""
-        print(f"segmented {len(results)} of {len(items)} images; {len(failures)} failed{caution}{empty}", flush=True)
-        if failures:
-            raise SystemExit(1)
-        return 0
-
 
 class ClickSession:
     """One photograph segmented click by click: decoded and preprocessed once, then one network run per click.
@@ -358,8 +338,7 @@ def _unchanged(entry: Any) -> Any:
 
 def describe_error(source: str, error: BaseException) -> str:
     """One line naming the file and the problem (the file is named once, even if the message names it too)."""
-    error = innermost(error)
-    message = " ".join(str(error).split()) or type(error).__name__
+    message = one_line(innermost(error))
     return message if source in message else f"{source}: {message}"
 
 

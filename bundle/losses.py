@@ -16,6 +16,8 @@ from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
+from bundle.config import look_up
+
 __all__ = ["ExpLoss", "AdaptExpLoss", "AdaptLogLoss", "AdaptExpCELoss", "make_loss", "LOSS_NAMES"]
 
 
@@ -193,10 +195,10 @@ class AdaptLogLoss(AdaptExpLoss):
 class AdaptExpCELoss(_Loss):
     """
     Adapt Exp plus cross-entropy: the paper's loss (:class:`AdaptExpLoss`, per-image class balance) with an unweighted
-    2-class softmax cross-entropy term,
+    2-class softmax cross-entropy term, per pixel
 
     .. math::
-        L = L_{\\text{Adapt Exp}} + \\lambda_{CE} \\, L_{CE}.
+        L = L_{\\text{Adapt Exp}} + \\lambda_{CE} \\, L_{CE}, \\qquad L_{CE} = -\\log \\mathrm{softmax}(z)_y.
 
     Not in the paper. The cross-entropy's logit gradient :math:`p - y` does not vanish for confidently wrong pixels,
     where Adapt Exp's does (see :class:`AdaptLogLoss`), and being unweighted it pulls against Adapt Exp's tendency to
@@ -205,20 +207,27 @@ class AdaptExpCELoss(_Loss):
     Args:
         lambda_ce: weight of the cross-entropy term.
         eps: :math:`\\epsilon` of Adapt Exp's eq. (2).
+        reduction: as every MONAI loss: ``"mean"`` averages each term over all pixels of all images and adds them,
+            ``"sum"`` sums them, ``"none"`` returns the per-pixel loss map of shape (B, 1, spatial...).
+
+    Raises:
+        ValueError: a negative ``lambda_ce``, or an unknown ``reduction``.
     """
 
-    def __init__(self, lambda_ce: float = 1.0, eps: float = 1e-6) -> None:
-        super().__init__()
+    def __init__(self, lambda_ce: float = 1.0, eps: float = 1e-6, reduction: LossReduction | str = "mean") -> None:
+        super().__init__(reduction=LossReduction(reduction).value)
         if not lambda_ce >= 0:
             raise ValueError(f"lambda_ce must be >= 0, got {lambda_ce}.")
         self.lambda_ce = lambda_ce
-        self.adapt_exp = AdaptExpLoss(eps=eps)
+        self.adapt_exp = AdaptExpLoss(eps=eps, reduction=self.reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``input``: (B, 2, spatial...) logits; ``target``: (B, 1, spatial...) or (B, spatial...) of 0/1."""
         loss = self.adapt_exp(input, target)  # also checks shapes and values
         labels = (target[:, 0] if target.ndim == input.ndim else target).long()
-        cross_entropy = torch.nn.functional.cross_entropy(input.float(), labels)
+        cross_entropy = torch.nn.functional.cross_entropy(input.float(), labels, reduction=self.reduction)
+        if self.reduction == LossReduction.NONE.value:
+            cross_entropy = cross_entropy.unsqueeze(1)  # (B, spatial...) -> (B, 1, spatial...), as the other term
         return loss + self.lambda_ce * cross_entropy
 
 
@@ -256,8 +265,6 @@ def make_loss(name: str, **kwargs: Any) -> _Loss:
         kwargs: passed to the loss's constructor; for the MONAI losses they override the defaults above.
 
     Raises:
-        ValueError: when ``name`` is not one of :data:`LOSS_NAMES`.
+        ConfigError: when ``name`` is not one of :data:`LOSS_NAMES` (one line naming them and the closest).
     """
-    if name not in _FACTORIES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}.")
-    return _FACTORIES[name](**kwargs)
+    return look_up(name, _FACTORIES, "loss")(**kwargs)

@@ -12,6 +12,7 @@
   one, it writes into a folder of its own and says where. :func:`starting_settings` gives a training that resumes
   or fine-tunes the network of the checkpoint it starts from, so the network options need not be repeated.
 - :class:`TrainingProgress` logs how far training is and how long it will take.
+- :func:`check_options` checks the options a user types before any work starts; :func:`on_device` places the network.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import numpy as np
 import torch
 
 from bundle.checkpoint import check_settings, network_settings, read_checkpoint, unwrap_state_dict
-from bundle.config import flag
+from bundle.config import at_least, choice, flag
+from bundle.config import device as checked_device
 from bundle.errors import CheckpointError, CheckpointMismatchError, MissingCheckpointError, TrainingError
 from bundle.files import atomic_write
 
@@ -39,8 +41,11 @@ __all__ = [
     "StopOnNonFiniteLoss",
     "TrainingCheckpoints",
     "TrainingProgress",
+    "check_options",
     "checkpoint_folder",
+    "flush_denormal",
     "last_checkpoints",
+    "on_device",
     "save_checkpoint",
     "starting_settings",
     "training_name",
@@ -52,6 +57,59 @@ LAST_CHECKPOINT_PREFIX = "last_checkpoint_epoch="
 BEST_MODEL_NAME = "model.pt"
 # what model.pt holds: the epoch with the best validation score, or the last epoch
 MODEL_SELECTIONS = ("best", "last")
+
+
+def check_options(
+    device: object = "cpu",
+    max_epochs: object = 1,
+    batch_size: object = 1,
+    learning_rate: object = 0.001,
+    weight_decay: object = 0.0,
+    num_workers: object = 0,
+    cache_rate: object = 1.0,
+    val_interval: object = 1,
+    loss: object = "adaptexp",
+    resume: object = False,
+    skip_bad_pairs: object = False,
+    model_selection: object = "best",
+) -> dict[str, Any]:
+    """The training options as typed (``configs/train.json``'s ``checked``, run by its ``initialize``), checked
+    before any work starts; returned as values (yes/no words as booleans).
+
+    Raises:
+        ConfigError: one line naming the first option that cannot work and why (not a device of this machine, a
+            count below 1, a negative rate, an unknown loss or model selection, a word that is not yes or no).
+    """
+    from bundle.losses import LOSS_NAMES
+
+    return {
+        "device": checked_device(device),
+        "max_epochs": at_least(max_epochs, 1, "max_epochs"),
+        "batch_size": at_least(batch_size, 1, "batch_size"),
+        "learning_rate": at_least(learning_rate, 0, "learning_rate", integer=False),
+        "weight_decay": at_least(weight_decay, 0, "weight_decay", integer=False),
+        "num_workers": at_least(num_workers, 0, "num_workers"),
+        "cache_rate": min(1.0, at_least(cache_rate, 0, "cache_rate", integer=False)),
+        "val_interval": at_least(val_interval, 1, "val_interval"),
+        "loss": choice(loss, LOSS_NAMES, "loss"),
+        "resume": flag(resume, "resume"),
+        "skip_bad_pairs": flag(skip_bad_pairs, "skip_bad_pairs"),
+        "model_selection": choice(model_selection, MODEL_SELECTIONS, "model_selection"),
+    }
+
+
+def on_device(network: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+    """``network`` on ``device`` for training: in channels-last memory on a GPU (faster convolutions with mixed
+    precision), in PyTorch's default layout elsewhere."""
+    device = torch.device(device)
+    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return network.to(device, memory_format=layout)
+
+
+def flush_denormal(device: str | torch.device) -> bool:
+    """On the CPU, treat denormal floats as zero (tiny activations otherwise slow every operation on them down
+    many times); elsewhere leave the setting alone. Returns whether flushing is on."""
+    return torch.set_flush_denormal(torch.device(device).type == "cpu")
 
 
 def _sync_folder(folder: Path) -> None:
@@ -329,8 +387,8 @@ class TrainingCheckpoints:
 
     Args:
         save_dir: the checkpoint folder (``models/``).
-        state: name → object with ``state_dict``/``load_state_dict`` (model, optimizer, scheduler, trainer,
-            validator, :class:`RandomStates`); the trainer's AMP grad scaler is added when it has one.
+        state: name → object with ``state_dict``/``load_state_dict`` (model, optimizer, scheduler, validator,
+            :class:`RandomStates`); :meth:`attach` adds the trainer and its AMP grad scaler.
         best_model: what ``model.pt`` holds (``bundle.checkpoint.NetworkCheckpoint``); None writes no ``model.pt``.
         validator: the evaluator whose ``best_metric_epoch`` says when the score improved.
         selection: ``"best"`` keeps the epoch with the best validation score in ``model.pt``, ``"last"`` the last
@@ -354,20 +412,17 @@ class TrainingCheckpoints:
     ) -> None:
         self.save_dir = Path(save_dir)
         self.state = dict(state)
-        scaler = getattr(self.state.get("trainer"), "scaler", None)
-        if scaler is not None:
-            self.state.setdefault("scaler", scaler)
         self.best_model = best_model
         self.validator = validator
-        if selection not in MODEL_SELECTIONS:
-            raise ValueError(f"selection must be one of {', '.join(MODEL_SELECTIONS)}, got {selection!r}.")
-        self.selection = selection
-        self.resume = bool(resume)
-        self.save = bool(save)
+        self.selection = choice(selection, MODEL_SELECTIONS, "model_selection")
+        self.resume = flag(resume, "resume")
+        self.save = flag(save, "save")
         self.map_location = map_location
 
     def attach(self, engine) -> None:
-        """Register the handlers; with ``resume``, first check that the checkpoint to resume fits the network.
+        """Register the handlers on the trainer ``engine``, which is saved (with its AMP grad scaler) as
+        ``"trainer"`` unless ``state`` names one, and have the validator's state (saved with the others) include
+        its best score and epoch; with ``resume``, first check that the checkpoint to resume fits the network.
 
         Raises:
             CheckpointMismatchError: the last checkpoint records other network settings, or its weights do not
@@ -375,6 +430,13 @@ class TrainingCheckpoints:
         """
         from ignite.engine import Events
 
+        self.state.setdefault("trainer", engine)
+        scaler = getattr(self.state["trainer"], "scaler", None)
+        if scaler is not None:
+            self.state.setdefault("scaler", scaler)
+        user_keys = getattr(self.validator, "state_dict_user_keys", None)
+        if user_keys is not None:
+            user_keys.extend(key for key in ("best_metric", "best_metric_epoch") if key not in user_keys)
         if self.resume:
             self._check_resumable()
         engine.add_event_handler(Events.STARTED, self.started)
@@ -454,9 +516,9 @@ class TrainingCheckpoints:
             path = save_checkpoint(self.best_model.state_dict(), self.save_dir / BEST_MODEL_NAME)
             why = "best validation score" if improved else "last epoch"
             logger.info("Saved %s (%s, epoch %d)", path, why, epoch)
-            from bundle.networks.fastpath import prune_cache
+            from bundle.networks.fastpath import cache_folder, prune_cache
 
-            prune_cache(self.save_dir / ".cache")  # inference.json's ONNX copies of the model just replaced
+            prune_cache(cache_folder(path))  # inference.json's ONNX copies of the model just replaced
         state = {name: _state_of(obj) for name, obj in self.state.items()}
         if getattr(self.best_model, "settings", None):  # so that --resume builds this network by itself
             state["network"] = dict(self.best_model.settings)

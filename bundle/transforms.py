@@ -545,8 +545,8 @@ class SaveMaskd(MapTransform):
     path relative to the other inputs', which may hold folders, see ``bundle.data.output_names``), else after the
     photo in the label's ``filename_or_obj``.
 
-    With ``probability_key`` the lesion probability under that key is written too. The written paths are stored
-    in ``data["<key>_path"]`` (and ``data["<probability_key>_path"]``).
+    With ``probability_key`` (and ``save_probability``, a yes/no option) the lesion probability under that key is
+    written too. The written paths are stored in ``data["<key>_path"]`` (and ``data["<probability_key>_path"]``).
     """
 
     def __init__(
@@ -558,10 +558,11 @@ class SaveMaskd(MapTransform):
         probability_key: str | None = None,
         allow_missing_keys: bool = False,
         name_key: str = OUTPUT_NAME_KEY,
+        save_probability: object = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.save = SaveMask(output_dir, output_ext, suffix)
-        self.probability_key = probability_key
+        self.probability_key = probability_key if flag(save_probability, "save_probabilities") else None
         self.name_key = name_key
 
     def __call__(self, data):

@@ -1,8 +1,8 @@
 """Per-click latency of the 3D Slicer worker with a click-guided network: the ``slicer_clicks`` section of
 ``scripts/benchmark.py``, and a command that measures this section alone and adds it to the benchmark's files.
 
-    OMP_NUM_THREADS=1 nice -n 10 taskset -c 1 python scripts/benchmark_clicks.py --threads 1
-    python scripts/benchmark_clicks.py --ckpt_path runs/my-interactive/models/model.pt
+    OMP_NUM_THREADS=1 nice -n 10 taskset -c 1 python -m scripts.benchmark_clicks --threads 1
+    python -m scripts.benchmark_clicks --ckpt_path runs/my-interactive/models/model.pt
 
 A worker is started as the Slicer module starts it (``WorkerClient``) with a click-guided checkpoint, warmed up (a
 segment request and a first click on the photo: the fast path's export, the photo decoded into a session), and
@@ -32,9 +32,7 @@ from typing import Any
 
 import fire
 
-REPO = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # run as `python scripts/benchmark_clicks.py`: make `bundle` and `scripts` importable
-    sys.path.insert(0, str(REPO))
+from scripts.benchmark_tools import PHOTO, REPO, subprocess_env
 
 SECTION = "slicer_clicks"
 CLICK_CHECKPOINT = REPO / "models" / "demo" / "rfeunet_resnet34_isic2017_128_clicks.pt"
@@ -77,7 +75,7 @@ def run_info(threads: int) -> dict[str, Any]:
     """When, how and where this section ran: the command, the CPUs and priority it was held to."""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", f"scripts.{Path(sys.argv[0]).stem}", *sys.argv[1:]]),
         "threads": threads,
         "cpus_allowed": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "nice": os.nice(0) if hasattr(os, "nice") else None,
@@ -90,28 +88,25 @@ def measure(settings: Any, ckpt_path: str | os.PathLike | None = None, clicks: i
     are timed (default: twice the benchmark's repeats)."""
     import numpy as np
 
-    from scripts import benchmark
-
     overrides = _worker_overrides(settings.overrides, ckpt_path)
     if overrides.get("ckpt_path") and not Path(overrides["ckpt_path"]).is_file():
         return {"skipped": f"no click-guided checkpoint at {overrides['ckpt_path']} (give one with --ckpt_path)"}
-    truth_path = benchmark.PHOTO.parents[1] / "masks" / f"{benchmark.PHOTO.stem}.png"
-    if not (benchmark.PHOTO.is_file() and truth_path.is_file()):
-        return {"skipped": f"photo or mask not found: {benchmark.PHOTO}, {truth_path}"}
+    truth_path = PHOTO.parents[1] / "masks" / f"{PHOTO.stem}.png"
+    if not (PHOTO.is_file() and truth_path.is_file()):
+        return {"skipped": f"photo or mask not found: {PHOTO}, {truth_path}"}
+    from PIL import Image
+
     from bundle.images import read_mask
     from bundle.interactive import next_click
+    from scripts.benchmark_tools import slicer_library
 
-    sys.path.insert(0, str(benchmark.WORKER_LIBRARY))
-    from PIL import Image
-    from SkinLesionSegmentationLib.client import WorkerClient
+    WorkerClient = slicer_library("client").WorkerClient  # noqa: N806 - the library's class
 
-    with Image.open(benchmark.PHOTO) as image:
+    with Image.open(PHOTO) as image:
         photo = np.asarray(image.convert("RGB"))
     truth = read_mask(truth_path)  # (rows, columns)
     count = max(1, int(clicks or 2 * settings.repeats))
-    client = WorkerClient(
-        sys.executable, REPO, device="cpu", overrides=overrides, env=benchmark.subprocess_env(settings.threads)
-    )
+    client = WorkerClient(sys.executable, REPO, device="cpu", overrides=overrides, env=subprocess_env(settings.threads))
     try:
         info = client.start()
         if not info.get("guidance"):
@@ -136,7 +131,7 @@ def measure(settings: Any, ckpt_path: str | os.PathLike | None = None, clicks: i
     finally:
         client.close()
     result = {
-        "photo": benchmark.PHOTO.name,
+        "photo": PHOTO.name,
         "photo_size": [int(photo.shape[1]), int(photo.shape[0])],
         "checkpoint": str(overrides.get("ckpt_path") or "random weights (quick run)"),
         "has_weights": bool(info.get("has_weights")),
@@ -234,6 +229,7 @@ def main(
 
     from bundle.files import write_text_atomically
     from scripts import benchmark
+    from scripts.benchmark_compute import machine_info
 
     threads = int(threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()))
     torch.set_num_threads(threads)
@@ -243,7 +239,7 @@ def main(
     section = measure(settings, ckpt_path or None, 2 if quick else clicks)
     results[SECTION] = section
     if "machine" not in results:
-        results["machine"] = benchmark.machine_info(settings)
+        results["machine"] = machine_info(settings)
     results.setdefault("targets", [])
     json_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(json_path, json.dumps(results, indent=1) + "\n")

@@ -10,9 +10,9 @@ the photo's stored size, and the IoU after each click is recorded. Two ways a cl
 
 Commands (from the repository root)::
 
-    python scripts/click_eval.py run --dataset_dir data/isic2017_256 --ckpt_path models/model.pt \\
+    python -m scripts.click_eval run --dataset_dir data/isic2017_256 --ckpt_path models/model.pt \\
         --mode network --label guided --out runs/clicks
-    python scripts/click_eval.py table --out runs/clicks --labels automatic_regions,guided
+    python -m scripts.click_eval table --out runs/clicks --labels automatic_regions,guided
 
 ``run`` writes ``<out>/<label>.json`` (summary and the per-image IoU curves) and ``<label>.csv``; ``table`` writes
 ``<out>/clicks.md`` with NoC@85, NoC@90, failures at 90 % and mean IoU after 0, 1, 3 and 5 clicks.

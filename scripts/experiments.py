@@ -12,481 +12,83 @@ own ``python -m monai.bundle`` process started from the repository root, writing
 
 Examples::
 
-    python scripts/experiments.py ablation --dataset_dir data/isic2018 --out runs/ablation
-    python scripts/experiments.py ablation --dataset_dir data/isic2018 --out runs/table7 \\
+    python -m scripts.experiments ablation --dataset_dir data/isic2018 --out runs/ablation
+    python -m scripts.experiments ablation --dataset_dir data/isic2018 --out runs/table7 \\
         --backbones resnet34,resnet50,resnet101 --losses bce,dice,focal,adaptexp --noise_std 0.1
-    python scripts/experiments.py folds --dataset_dir data/ph2 --datalists "data/ph2/datalist_fold*.json"
+    python -m scripts.experiments folds --dataset_dir data/ph2 --datalists "data/ph2/datalist_fold*.json"
 
 A run whose evaluation report exists is reused, not redone (``--force`` redoes it); an interrupted training resumes
 from its last checkpoint, which is deleted once the training has finished. A run folder made with other options is
 refused rather than silently mixed into the table. A failing run is reported in one line naming its log, the other
 runs go on, and the exit status is 1 at the end. Progress and failures go to stderr, the table to stdout.
+
+This file holds the commands and their input checks; the runs are ``scripts/experiment_runs.py``, the tables
+``scripts/experiment_tables.py`` and their statistics ``scripts/experiment_stats.py``.
 """
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
-import json
-import math
+import itertools
 import os
 import re
 import shlex
-import shutil
-import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fire
 
-REPO = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # run as `python scripts/experiments.py`: make `bundle` importable
-    sys.path.insert(0, str(REPO))
-
-from bundle.data import load_datalist, loader_workers  # noqa: E402
-from bundle.files import write_text_atomically  # noqa: E402
-from bundle.losses import LOSS_NAMES  # noqa: E402
-from bundle.networks.factory import NETWORK_NAMES  # noqa: E402
-from bundle.networks.rfe_unet import BACKBONES  # noqa: E402
-
-TRAIN_CONFIG = "configs/train.json"
-EVALUATE_CONFIGS = "['configs/train.json','configs/evaluate.json']"
-DEFAULT_LOSSES = ("bce", "dice", "focal", "exp", "adaptexp")  # Table 8's rows
-RUN_RECORD = "run.json"
-METRIC_KEYS = ("n_images", "mIoU", "mDice", "IoU_star", "Dice_star", "thresholded_jaccard", "HD95")
-RESOLUTIONS = ("working", "original")
-# Config keys the recipes set themselves; --extra may not override them.
-RECIPE_KEYS = frozenset(
-    {
-        "bundle_root",
-        "dataset_dir",
-        "datalist",
-        "network_name",
-        "rfe",
-        "backbone",
-        "loss",
-        "max_epochs",
-        "image_size",
-        "batch_size",
-        "num_workers",
-        "seed",
-        "resume",
-        "eval_dir",
-        "eval_key",
-        "noise_std",
-        "ckpt_path",
-        "save_overlays",
-        "config_file",
-        "meta_file",
-        "logging_file",
-    }
+from bundle.data import load_datalist, loader_workers
+from bundle.losses import LOSS_NAMES
+from bundle.networks.registry import BACKBONES
+from scripts.experiment_runs import (
+    NETWORKS,
+    RECIPE_KEYS,
+    RESOLUTIONS,
+    RunSpec,
+    _per_image,
+    format_duration,
+    run_all,
+    train_and_evaluate,
 )
-_LOG_TAIL_CHARS = 200
-# The networks a comparison can name: label -> (network_name, rfe). "rfeunet-norfe" is Table 9's baseline.
-NETWORKS: dict[str, tuple[str, bool]] = {
-    "rfeunet": ("rfeunet", True),
-    "rfeunet-norfe": ("rfeunet", False),
-    **{name: (name, True) for name in NETWORK_NAMES if name != "rfeunet"},
-}
-
-
-# ------------------------------------------------------------------------------------------------ one configuration
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One configuration of the bundle: everything a training run and its evaluation are started with.
-
-    ``num_workers`` changes the speed, not the result, so it is not part of :meth:`identity`.
-    """
-
-    name: str
-    backbone: str
-    loss: str
-    dataset_dir: str
-    datalist: str
-    eval_key: str
-    max_epochs: int
-    image_size: int
-    batch_size: int
-    seed: int
-    num_workers: int
-    extra: tuple[str, ...] = ()
-    network: str = "rfeunet"
-    rfe: bool = True
-
-    def identity(self) -> dict[str, Any]:
-        """The options that decide the run's result; a run folder is reused only when they are unchanged."""
-        record = asdict(self)
-        del record["name"], record["num_workers"]
-        record["extra"] = list(self.extra)
-        return record
-
-    def overrides(self, run_dir: Path) -> list[str]:
-        """``python -m monai.bundle`` arguments shared by the training and the evaluation of this run."""
-        args = [
-            "--bundle_root",
-            str(run_dir),
-            "--dataset_dir",
-            self.dataset_dir,
-            "--backbone",
-            self.backbone,
-            "--loss",
-            self.loss,
-            "--max_epochs",
-            str(self.max_epochs),
-            "--image_size",
-            str(self.image_size),
-            "--batch_size",
-            str(self.batch_size),
-            "--seed",
-            str(self.seed),
-            "--num_workers",
-            str(self.num_workers),
-        ]
-        if self.datalist:
-            args += ["--datalist", self.datalist]
-        args += ["--network_name", self.network, "--rfe", str(self.rfe).lower()]
-        return args + list(self.extra)
-
-
-@dataclass
-class RunResult:
-    """What became of one configuration.
-
-    ``status`` is ``"trained"`` (trained and evaluated now), ``"evaluated"`` (training reused, an evaluation run
-    now), ``"reused"`` (nothing run) or ``"failed"`` (``failure`` says why, in one line). ``metrics`` maps
-    ``"clean"`` and, with noise, ``"noisy"`` to the evaluation's ``summary`` (``{"working": ..., "original": ...}``).
-    """
-
-    spec: RunSpec
-    run_dir: Path
-    status: str = "reused"
-    train_seconds: float | None = None
-    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    failure: str | None = None
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def _evaluations(noise_std: float) -> list[tuple[str, str, float]]:
-    """(kind, folder and log stem, noise σ) of each evaluation: the clean one, plus a noisy one when σ > 0."""
-    return [("clean", "eval", 0.0)] + ([("noisy", f"eval_noise{noise_std:g}", noise_std)] if noise_std > 0 else [])
-
-
-def _log_tail(log: Path) -> str:
-    lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    tail = lines[-1] if lines else "no output"
-    return tail if len(tail) <= _LOG_TAIL_CHARS else tail[: _LOG_TAIL_CHARS - 1] + "…"
-
-
-def _run_bundle(args: list[str], log: Path) -> tuple[int, float]:
-    """Run ``python -m monai.bundle <args>`` from the repository root, appending its output to ``log``."""
-    command = [sys.executable, "-m", "monai.bundle", *args]
-    start = time.perf_counter()
-    with open(log, "a", encoding="utf-8") as out:
-        out.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} (cwd {REPO}): {shlex.join(command)}\n")
-        out.flush()
-        code = subprocess.run(
-            command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        ).returncode
-    return code, time.perf_counter() - start
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read {path}: {error}") from error
-
-
-def _changed_options(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    keys = sorted(set(recorded) | set(wanted))
-    return [f"{k} {recorded.get(k)!r} (now {wanted.get(k)!r})" for k in keys if recorded.get(k) != wanted.get(k)]
-
-
-def train_and_evaluate(
-    spec: RunSpec, run_dir: str | os.PathLike, noise_std: float = 0.0, force: bool = False, prefix: str = ""
-) -> RunResult:
-    """
-    Train one configuration in ``run_dir`` and evaluate its best checkpoint on ``spec.eval_key``, reusing what an
-    earlier call left there.
-
-    - An evaluation whose ``metrics.json`` exists is reused; when all are there, nothing runs.
-    - A training recorded as finished in ``run.json`` is reused; an unfinished one resumes from its last checkpoint.
-    - A ``run.json`` recorded with other options (see :meth:`RunSpec.identity`) fails the run, unless ``force``.
-    - ``force`` deletes ``run_dir`` first.
-
-    Args:
-        spec: the configuration.
-        run_dir: the run folder, the bundle's ``bundle_root``.
-        noise_std: when > 0, a second evaluation adds Gaussian noise of this σ to the [0, 1] image (Table 10).
-        force: redo the run from scratch.
-        prefix: put before each progress line (stderr), e.g. ``"[2/5]"``.
-
-    Returns:
-        The :class:`RunResult`; failures are reported in it (and on stderr), never raised.
-    """
-    run_dir = Path(run_dir).resolve()
-    result = RunResult(spec, run_dir)
-
-    def say(text: str) -> None:
-        _say(f"{prefix} {spec.name}: {text}".lstrip())
-
-    def fail(text: str) -> RunResult:
-        result.status, result.failure = "failed", f"FAILED {spec.name}: {text}"
-        _say(result.failure)
-        return result
-
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record_path = run_dir / RUN_RECORD
-    try:
-        record = _read_json(record_path) if record_path.is_file() else {"options": spec.identity()}
-    except ValueError as error:
-        return fail(f"{error}; pass --force to redo the run.")
-    changed = _changed_options(record.get("options", {}), spec.identity())
-    if changed:
-        return fail(f"{run_dir} was made with other options: {'; '.join(changed)}. Pass --force to redo it.")
-    if not record_path.is_file():
-        write_text_atomically(record_path, json.dumps(record, indent=2) + "\n")
-    result.train_seconds = record.get("train_seconds")
-
-    evaluations = _evaluations(noise_std)
-    pending = [(stem, sigma) for _, stem, sigma in evaluations if not (run_dir / stem / "metrics.json").is_file()]
-    if pending and result.train_seconds is not None:
-        say("reusing the finished training")
-    if pending and result.train_seconds is None:
-        log = run_dir / "train.log"
-        resume = any((run_dir / "models").glob("last_checkpoint_*.pt"))
-        say(f"{'resuming' if resume else 'training'} ({spec.max_epochs} epochs), log {log}")
-        args = ["run", "training", "--config_file", TRAIN_CONFIG, *spec.overrides(run_dir)]
-        code, seconds = _run_bundle(args + (["--resume", "True"] if resume else []), log)
-        if code != 0:
-            return fail(f"training exited with status {code} ({_log_tail(log)}); log {log}")
-        if not (run_dir / "models" / "model.pt").is_file():
-            return fail(f"training finished without writing models/model.pt; log {log}")
-        # The last checkpoint (optimizer state included) is 3x the best model and only serves to resume.
-        for checkpoint in (run_dir / "models").glob("last_checkpoint_*.pt"):
-            checkpoint.unlink()
-        # A resumed training's time covers only the epochs run in this attempt.
-        record.update(train_seconds=round(seconds, 1), resumed=resume)
-        write_text_atomically(record_path, json.dumps(record, indent=2) + "\n")
-        result.train_seconds, result.status = record["train_seconds"], "trained"
-        say(f"trained in {format_duration(seconds)}")
-    for stem, sigma in pending:
-        log = run_dir / f"{stem}.log"
-        say(f"evaluating on {spec.eval_key!r}{f' with noise σ={sigma:g}' if sigma else ''}, log {log}")
-        args = [
-            "run",
-            "--config_file",
-            EVALUATE_CONFIGS,
-            *spec.overrides(run_dir),
-            "--eval_key",
-            spec.eval_key,
-            "--eval_dir",
-            str(run_dir / stem),
-            "--noise_std",
-            str(sigma),
-            "--save_overlays",
-            "False",
-        ]
-        code, _ = _run_bundle(args, log)
-        if code != 0:
-            return fail(f"evaluation exited with status {code} ({_log_tail(log)}); log {log}")
-        if not (run_dir / stem / "metrics.json").is_file():
-            return fail(f"evaluation wrote no {run_dir / stem / 'metrics.json'}; log {log}")
-        result.status = "trained" if result.status == "trained" else "evaluated"
-    for kind, stem, _ in evaluations:
-        try:
-            result.metrics[kind] = _read_json(run_dir / stem / "metrics.json")["summary"]
-        except (ValueError, KeyError) as error:
-            return fail(f"{run_dir / stem / 'metrics.json'} is not an evaluation report ({error}); pass --force.")
-    if not pending:
-        say(f"reused {run_dir / 'eval' / 'metrics.json'}")
-    return result
-
-
-def run_all(specs: Sequence[RunSpec], out: Path, noise_std: float, force: bool) -> list[RunResult]:
-    """:func:`train_and_evaluate` each configuration in turn, in ``out/<name>``; one failure does not stop the rest."""
-    return [
-        train_and_evaluate(spec, out / spec.name, noise_std, force, prefix=f"[{i}/{len(specs)}]")
-        for i, spec in enumerate(specs, 1)
-    ]
-
-
-# ------------------------------------------------------------------------------------------------------- the table
-
-
-@dataclass(frozen=True)
-class Column:
-    """One table column: ``key`` of the row, shown as ``kind`` (text, count, percent, pixels or duration)."""
-
-    header: str
-    key: str
-    kind: str = "percent"
-
-
-def format_duration(seconds: float | None) -> str:
-    """Seconds as ``h:mm:ss``; None as ``n/a``."""
-    if seconds is None:
-        return "n/a"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def _cell(row: dict[str, Any], column: Column, digits: int) -> str:
-    value = row.get(column.key)
-    if column.kind == "text":
-        return str(value)
-    if column.kind == "duration":
-        return format_duration(value)
-    number = _number(value)
-    if number is None:
-        return "failed" if row.get("status") == "failed" else "n/a"
-    if column.kind == "count":
-        return str(int(number))
-    return f"{100 * number if column.kind == 'percent' else number:.{digits}f}"
-
-
-def mean_and_sd(values: Iterable[Any]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n − 1, like the paper's "St. Dev.") of the finite values; None when
-    there are too few (none for the mean, fewer than two for the SD)."""
-    numbers = [v for v in map(_number, values) if v is not None]
-    mean = statistics.fmean(numbers) if numbers else None
-    return mean, statistics.stdev(numbers) if len(numbers) >= 2 else None
-
-
-def results_table(
-    rows: Sequence[dict[str, Any]], columns: Sequence[Column], digits: int = 2, mean_row: str | None = None
-) -> str:
-    """
-    A markdown table with one line per row; percent columns show ``100 × value``.
-
-    Args:
-        rows: flat dicts (see :func:`result_row`).
-        columns: what to show.
-        digits: decimals of percent and pixel values.
-        mean_row: when given, the label of a last line holding mean ± sample SD of each percent and pixel column.
-    """
-    lines = ["| " + " | ".join(c.header for c in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row, c, digits) for c in columns) + " |" for row in rows]
-    if mean_row is not None:
-        cells = []
-        for column in columns:
-            mean, sd = mean_and_sd(row.get(column.key) for row in rows)
-            scale = 100 if column.kind == "percent" else 1
-            if column.kind not in ("percent", "pixels"):
-                cells.append(mean_row if column is columns[0] else "")
-            elif mean is None:
-                cells.append("n/a")
-            else:
-                cells.append(f"{scale * mean:.{digits}f} ± " + ("n/a" if sd is None else f"{scale * sd:.{digits}f}"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def result_row(result: RunResult, noisy: bool = False) -> dict[str, Any]:
-    """A flat row: name, backbone, loss, status, train_seconds, ``<resolution>_<metric>`` (clean), with ``noisy``
-    also ``noisy_<resolution>_<metric>``, then run_dir and failure. Metrics are fractions (IoU 0.85), HD95 in
-    pixels; None where the run failed."""
-    row: dict[str, Any] = {
-        "name": result.spec.name,
-        "network": network_label(result.spec.network, result.spec.rfe),
-        "seed": result.spec.seed,
-        "backbone": result.spec.backbone,
-        "loss": result.spec.loss,
-        "status": result.status,
-        "train_seconds": result.train_seconds,
-    }
-    for kind, prefix in (("clean", ""), ("noisy", "noisy_"))[: 2 if noisy else 1]:
-        summary = result.metrics.get(kind, {})
-        for resolution in RESOLUTIONS:
-            for key in METRIC_KEYS:
-                row[f"{prefix}{resolution}_{key}"] = summary.get(resolution, {}).get(key)
-    row.update(run_dir=str(result.run_dir), failure=result.failure)
-    return row
-
-
-def network_label(network: str, rfe: bool) -> str:
-    """The :data:`NETWORKS` label of a (network_name, rfe) pair."""
-    return next(label for label, value in NETWORKS.items() if value == (network, bool(rfe)))
-
-
-def _epochs(max_epochs: int) -> str:
-    return f"{max_epochs} epoch{'' if int(max_epochs) == 1 else 's'}"
-
-
-def _noise_columns(noise_std: float) -> list[Column]:
-    if noise_std <= 0:
-        return []
-    return [
-        Column(f"mIoU (σ={noise_std:g})", "noisy_working_mIoU"),
-        Column(f"mDice (σ={noise_std:g})", "noisy_working_mDice"),
-    ]
-
-
-@dataclass
-class ExperimentReport:
-    """The outcome of a recipe: each run's result, the markdown written to ``results.md``, and where it went."""
-
-    results: list[RunResult]
-    markdown: str
-    out: Path
-
-    @property
-    def failed(self) -> list[RunResult]:
-        return [r for r in self.results if r.status == "failed"]
-
-
-def _report(
-    out: Path,
-    results: list[RunResult],
-    title: str,
-    note: str,
-    columns: Sequence[Column],
-    options: dict[str, Any],
-    digits: int = 2,
-    mean_row: str | None = None,
-) -> ExperimentReport:
-    """Print the table to stdout, write ``results.md/.json/.csv`` in ``out``, list failures on stderr."""
-    rows = [result_row(r, noisy=bool(options["noise_std"])) for r in results]
-    note += " Training time: wall-clock of the training process."
-    markdown = f"# {title}\n\n{results_table(rows, columns, digits, mean_row)}\n{note}\n"
-    print(markdown, end="", flush=True)
-    content: dict[str, Any] = {"title": title, "options": options, "rows": rows}
-    if mean_row is not None:
-        stats = {c.key: mean_and_sd(row.get(c.key) for row in rows) for c in columns if c.kind in ("percent", "pixels")}
-        content["mean"] = {key: mean for key, (mean, _) in stats.items()}
-        content["sd"] = {key: sd for key, (_, sd) in stats.items()}
-    write_text_atomically(out / "results.md", markdown)
-    write_text_atomically(out / "results.json", json.dumps(content, indent=2) + "\n")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomically(out / "results.csv", buffer.getvalue())
-    report = ExperimentReport(results, markdown, out)
-    _say(f"wrote {out / 'results.md'}, results.json, results.csv")
-    if report.failed:
-        _say(f"{len(report.failed)} of {len(results)} runs failed:")
-        for failed in report.failed:
-            _say(failed.failure or "")
-    return report
-
+from scripts.experiment_stats import mean_and_sd, paired_difference, seed_groups
+from scripts.experiment_tables import (
+    Column,
+    ExperimentReport,
+    comparison_lines,
+    epochs_text,
+    noise_columns,
+    paired_lines,
+    result_row,
+    results_table,
+    runs_report,
+    write_report,
+)
+
+# what other scripts and the tests import from here
+__all__ = [
+    "DEFAULT_LOSSES",
+    "NETWORKS",
+    "Column",
+    "ExperimentReport",
+    "RunSpec",
+    "_extra_args",
+    "_per_image",
+    "ablation",
+    "compare",
+    "fold_datalists",
+    "folds",
+    "format_duration",
+    "main",
+    "mean_and_sd",
+    "paired_difference",
+    "results_table",
+    "train_and_evaluate",
+]
+
+DEFAULT_LOSSES = ("bce", "dice", "focal", "exp", "adaptexp")  # Table 8's rows
 
 # ------------------------------------------------------------------------------------------------- input checking
 
@@ -589,7 +191,41 @@ def fold_datalists(datalists: str | Sequence[str]) -> list[Path]:
     return paths
 
 
+def _seeds(value: int | str | Sequence[int]) -> list[int]:
+    items = [value] if isinstance(value, int) else value.split(",") if isinstance(value, str) else list(value)
+    try:
+        seeds = list(dict.fromkeys(int(str(item).strip()) for item in items if str(item).strip()))
+    except ValueError:
+        raise ValueError(f"seeds must be integers, e.g. 0,1,2; got {value!r}.") from None
+    if not seeds:
+        raise ValueError("no seed given, e.g. --seeds 0,1,2.")
+    return seeds
+
+
+def _options(common: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """The options recorded in a report: the shared run settings (``extra`` as a list), then ``more``."""
+    return {**{k: v for k, v in common.items() if k != "extra"}, "extra": list(common["extra"]), **more}
+
+
+def _data_name(root: str, datalist_path: str, split: str = "test split") -> str:
+    return f"{root} ({Path(datalist_path).name if datalist_path else 'default datalist'}, {split})"
+
+
 # ------------------------------------------------------------------------------------------------------- commands
+
+
+ABLATION_COLUMNS = (
+    Column("Backbone", "backbone", "text"),
+    Column("Loss", "loss", "text"),
+    Column("mIoU", "working_mIoU"),
+    Column("mDice", "working_mDice"),
+    Column("mIoU*", "working_IoU_star"),
+    Column("mDice*", "working_Dice_star"),
+    Column("Thresholded Jaccard", "working_thresholded_jaccard"),
+    Column("HD95 (px)", "working_HD95", "pixels"),
+    Column("mIoU (original)", "original_mIoU"),
+    Column("mDice (original)", "original_mDice"),
+)
 
 
 def ablation(
@@ -639,59 +275,37 @@ def ablation(
     network_labels = _names(networks, "network", NETWORKS)
     _check_training_options(max_epochs, image_size, batch_size, noise_std)
     root, datalist_path = _dataset(dataset_dir, datalist, ("training", "validation", "test"))
-    common = {
-        **_recipe(root, datalist_path, max_epochs, image_size, batch_size, num_workers, extra),
-        "seed": int(seed),
-    }
+    common = {**_recipe(root, datalist_path, max_epochs, image_size, batch_size, num_workers, extra), "seed": int(seed)}
     specs = [
         RunSpec(
             name=f"{backbone}_{loss}" if label == "rfeunet" else f"{label}-{backbone}_{loss}",
-            backbone=backbone,
-            loss=loss,
-            network=NETWORKS[label][0],
-            rfe=NETWORKS[label][1],
+            **{"backbone": backbone, "loss": loss, "network": NETWORKS[label][0], "rfe": NETWORKS[label][1]},
             **common,
         )
-        for label in network_labels
-        for backbone in backbone_names
-        for loss in loss_names
+        for label, backbone, loss in itertools.product(network_labels, backbone_names, loss_names)
     ]
     out_dir = Path(str(out)).expanduser().resolve()
     results = run_all(specs, out_dir, float(noise_std), bool(force))
     columns = [
         *([Column("Network", "network", "text")] if network_labels != ["rfeunet"] else []),
-        Column("Backbone", "backbone", "text"),
-        Column("Loss", "loss", "text"),
-        Column("mIoU", "working_mIoU"),
-        Column("mDice", "working_mDice"),
-        Column("mIoU*", "working_IoU_star"),
-        Column("mDice*", "working_Dice_star"),
-        Column("Thresholded Jaccard", "working_thresholded_jaccard"),
-        Column("HD95 (px)", "working_HD95", "pixels"),
-        Column("mIoU (original)", "original_mIoU"),
-        Column("mDice (original)", "original_mDice"),
-        *_noise_columns(float(noise_std)),
+        *ABLATION_COLUMNS,
+        *noise_columns(float(noise_std)),
         Column("Training time", "train_seconds", "duration"),
     ]
     title = (
-        f"Loss ablation: RFE U-Net on {root} ({Path(datalist_path).name if datalist_path else 'default datalist'}, "
-        f"test split), {_epochs(max_epochs)}, {image_size}×{image_size}, batch {batch_size}, seed {seed}"
+        f"Loss ablation: RFE U-Net on {_data_name(root, datalist_path)}, {epochs_text(max_epochs)}, "
+        f"{image_size}×{image_size}, batch {batch_size}, seed {seed}"
     )
-    options = {
-        **{k: v for k, v in common.items() if k != "extra"},
-        "extra": list(common["extra"]),
-        "losses": loss_names,
-        "backbones": backbone_names,
-        "networks": network_labels,
-        "noise_std": float(noise_std),
-    }
+    options = _options(
+        common, losses=loss_names, backbones=backbone_names, networks=network_labels, noise_std=float(noise_std)
+    )
     note = (
         "mIoU to HD95 at the working resolution (image_size × image_size), then mIoU and mDice at each "
         "photograph's own size"
         + (" and, with noise, at the working resolution" if noise_std > 0 else "")
         + "; overlap scores in %, HD95 in pixels."
     )
-    return _report(out_dir, results, title, note, columns, options)
+    return runs_report(out_dir, results, title, note, columns, options)
 
 
 def folds(
@@ -739,17 +353,9 @@ def folds(
     (backbone_name,) = _names(backbone, "backbone", BACKBONES)
     _check_training_options(max_epochs, image_size, batch_size, noise_std)
     files = fold_datalists(datalists)
-    common = {
-        "backbone": backbone_name,
-        "loss": loss_name,
-        "eval_key": str(eval_key),
-        "max_epochs": int(max_epochs),
-        "image_size": int(image_size),
-        "batch_size": int(batch_size),
-        "seed": int(seed),
-        "num_workers": _workers(num_workers),
-        "extra": _extra_args(extra),
-    }
+    schedule = {"max_epochs": int(max_epochs), "image_size": int(image_size), "batch_size": int(batch_size)}
+    common = {"backbone": backbone_name, "loss": loss_name, "eval_key": str(eval_key), **schedule, "seed": int(seed)}
+    common.update(num_workers=_workers(num_workers), extra=_extra_args(extra))
     splits = tuple(dict.fromkeys(("training", "validation", str(eval_key))))
     specs = []
     for path in files:
@@ -758,114 +364,55 @@ def folds(
     out_dir = Path(str(out)).expanduser().resolve()
     results = run_all(specs, out_dir, float(noise_std), bool(force))
     columns = [
-        Column("Fold", "name", "text"),
-        Column("n", "working_n_images", "count"),
-        Column("mIoU", "working_mIoU"),
-        Column("mDice", "working_mDice"),
-        Column("mIoU (original)", "original_mIoU"),
-        Column("mDice (original)", "original_mDice"),
-        *_noise_columns(float(noise_std)),
+        *(Column("Fold", "name", "text"), Column("n", "working_n_images", "count")),
+        *(Column("mIoU", "working_mIoU"), Column("mDice", "working_mDice")),
+        *(Column("mIoU (original)", "original_mIoU"), Column("mDice (original)", "original_mDice")),
+        *noise_columns(float(noise_std)),
         Column("Training time", "train_seconds", "duration"),
     ]
     title = (
         f"{len(specs)}-fold cross-validation: RFE U-Net ({backbone_name}, {loss_name}) on {specs[0].dataset_dir} "
-        f"({eval_key!r} split of each fold), {_epochs(max_epochs)}, {image_size}×{image_size}, batch {batch_size}, "
-        f"seed {seed}"
+        f"({eval_key!r} split of each fold), {epochs_text(max_epochs)}, {image_size}×{image_size}, "
+        f"batch {batch_size}, seed {seed}"
     )
-    options = {
-        **{k: v for k, v in common.items() if k != "extra"},
-        "extra": list(common["extra"]),
-        "dataset_dir": specs[0].dataset_dir,
-        "datalists": [s.datalist for s in specs],
-        "noise_std": float(noise_std),
-    }
+    options = _options(
+        common, dataset_dir=specs[0].dataset_dir, datalists=[s.datalist for s in specs], noise_std=float(noise_std)
+    )
     note = (
         "mIoU and mDice in % on each fold's held-out images, at the working resolution (image_size × image_size)"
         " and at each photograph's own size; Mean ± SD: over the folds, sample SD (n − 1)."
     )
-    return _report(out_dir, results, title, note, columns, options, digits=3, mean_row="Mean ± SD")
+    return runs_report(out_dir, results, title, note, columns, options, digits=3, mean_row="Mean ± SD")
 
 
-def _seeds(value: int | str | Sequence[int]) -> list[int]:
-    items = [value] if isinstance(value, int) else value.split(",") if isinstance(value, str) else list(value)
-    try:
-        seeds = list(dict.fromkeys(int(str(item).strip()) for item in items if str(item).strip()))
-    except ValueError:
-        raise ValueError(f"seeds must be integers, e.g. 0,1,2; got {value!r}.") from None
-    if not seeds:
-        raise ValueError("no seed given, e.g. --seeds 0,1,2.")
-    return seeds
+COMPARISON_NOTE = (
+    "Mean ± sample SD (n − 1) over the seeds; overlap scores in %, HD95 in pixels, at the {resolution} size{stored}; "
+    "training time: mean wall-clock per run."
+)
+STORED = {"original": " (each photo as stored)"}
 
 
-def _per_image(result: RunResult, resolution: str, metric: str) -> dict[str, float]:
-    """Image name -> ``metric`` (``iou``/``dice``) of the run's clean evaluation at ``resolution``."""
-    report = _read_json(result.run_dir / "eval" / "metrics.json")
-    return {row["name"]: float(row[metric]) for row in report["per_image"][resolution]}
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-    """Paired comparison of per-image scores ``a`` and ``b`` (same images, same order): mean of a − b, its 95%
-    confidence interval (Student t), the Wilcoxon signed-rank p-value (two-sided), and how many images are better
-    and worse in ``a``."""
-    from scipy import stats
-
-    diff = [x - y for x, y in zip(a, b, strict=True)]
-    mean = statistics.fmean(diff)
-    half = 0.0
-    if len(diff) > 1 and statistics.stdev(diff) > 0:
-        half = float(stats.t.ppf(0.975, len(diff) - 1)) * statistics.stdev(diff) / math.sqrt(len(diff))
-    nonzero = [d for d in diff if d != 0]
-    p_value = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) >= 2 else 1.0
-    return {
-        "n_images": len(diff),
-        "mean": mean,
-        "ci_low": mean - half,
-        "ci_high": mean + half,
-        "wilcoxon_p": p_value,
-        "better": sum(d > 0 for d in diff),
-        "worse": sum(d < 0 for d in diff),
-    }
-
-
-def _group_rows(results: Sequence[RunResult], resolution: str) -> list[dict[str, Any]]:
-    """One row per (network, loss): the seeds' mean ± SD of each metric, and the runs behind it."""
-    groups: dict[tuple[str, str], list[RunResult]] = {}
-    for result in results:
-        groups.setdefault((network_label(result.spec.network, result.spec.rfe), result.spec.loss), []).append(result)
-    rows = []
-    for (label, loss), members in groups.items():
-        done = [m for m in members if m.status != "failed"]
-        row: dict[str, Any] = {
-            "network": label,
-            "loss": loss,
-            "backbone": members[0].spec.backbone,
-            "seeds": [m.spec.seed for m in done],
-            "n_failed": len(members) - len(done),
-        }
-        for res in RESOLUTIONS:
-            for key in METRIC_KEYS[1:]:
-                mean, sd = mean_and_sd(m.metrics["clean"][res].get(key) for m in done)
-                row[f"{res}_{key}"], row[f"{res}_{key}_sd"] = mean, sd
-        row["train_seconds"], _ = mean_and_sd(m.train_seconds for m in done)
-        row["runs"] = done
-        rows.append(row)
-    rows.sort(key=lambda r: -(r[f"{resolution}_mIoU"] if r[f"{resolution}_mIoU"] is not None else -1.0))
-    return rows
-
-
-def _mean_sd_cell(row: dict[str, Any], key: str, percent: bool = True) -> str:
-    mean, sd = row.get(key), row.get(f"{key}_sd")
-    if mean is None:
-        return "failed"
-    scale = 100.0 if percent else 1.0
-    return f"{scale * mean:.2f} ± {'n/a' if sd is None else f'{scale * sd:.2f}'}"
-
-
-def _seed_averaged(row: dict[str, Any], resolution: str) -> dict[str, float]:
-    """Image name -> IoU averaged over the row's seeds (the images every seed scored)."""
-    per_seed = [_per_image(run, resolution, "iou") for run in row["runs"]]
-    names = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
-    return {name: statistics.fmean(p[name] for p in per_seed) for name in names}
+def _comparison_specs(
+    network_labels: Sequence[str], loss_names: Sequence[str], seeds: Sequence[int], common: dict[str, Any]
+) -> list[RunSpec]:
+    """One run per seed, network and loss, seed-major, so that a partial run already covers every configuration
+    once."""
+    specs = []
+    for seed in seeds:
+        for label in network_labels:
+            for loss in loss_names:
+                encoder = "" if label == "basicunet" else f"-{common['backbone']}"
+                specs.append(
+                    RunSpec(
+                        name=f"{label}{encoder}_{loss}_seed{seed}",
+                        loss=loss,
+                        seed=seed,
+                        network=NETWORKS[label][0],
+                        rfe=NETWORKS[label][1],
+                        **common,
+                    )
+                )
+    return specs
 
 
 def compare(
@@ -926,112 +473,27 @@ def compare(
         "backbone": backbone_name,
         **_recipe(root, datalist_path, max_epochs, image_size, batch_size, num_workers, extra),
     }
-    specs = []
-    for seed in seed_list:  # seed-major, so that a partial run already covers every configuration once
-        for label in network_labels:
-            for loss in loss_names:
-                encoder = "" if label == "basicunet" else f"-{backbone_name}"
-                specs.append(
-                    RunSpec(
-                        name=f"{label}{encoder}_{loss}_seed{seed}",
-                        loss=loss,
-                        seed=seed,
-                        network=NETWORKS[label][0],
-                        rfe=NETWORKS[label][1],
-                        **common,
-                    )
-                )
+    specs = _comparison_specs(network_labels, loss_names, seed_list, common)
     out_dir = Path(str(out)).expanduser().resolve()
     results = run_all(specs, out_dir, 0.0, bool(force))
-    groups = _group_rows(results, resolution)
-    metric_columns = [
-        ("mIoU", "mIoU"),
-        ("mDice", "mDice"),
-        ("mIoU*", "IoU_star"),
-        ("mDice*", "Dice_star"),
-        ("TJ", "thresholded_jaccard"),
-    ]
-    headers = (
-        ["Network", "Loss", "Seeds"]
-        + [f"{h} ({resolution})" for h, _ in metric_columns]
-        + [
-            f"HD95 px ({resolution})",
-            "mIoU (working)" if resolution == "original" else "mIoU (original)",
-            "Training time",
-        ]
-    )
-    other = "working" if resolution == "original" else "original"
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in groups:
-        cells = [
-            row["network"],
-            row["loss"],
-            str(len(row["seeds"])) + (f" ({row['n_failed']} failed)" if row["n_failed"] else ""),
-        ]
-        cells += [_mean_sd_cell(row, f"{resolution}_{key}") for _, key in metric_columns]
-        cells += [
-            _mean_sd_cell(row, f"{resolution}_HD95", percent=False),
-            _mean_sd_cell(row, f"{other}_mIoU"),
-            format_duration(row["train_seconds"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    paired: list[dict[str, Any]] = []
-    scored = [row for row in groups if row["runs"]]
-    if len(scored) > 1:
-        best = _seed_averaged(scored[0], resolution)
-        lines += [
-            "",
-            f"Paired per-image IoU differences ({resolution} size) against the best row, "
-            f"{scored[0]['network']} + {scored[0]['loss']} (IoU averaged over seeds per image; "
-            "negative = worse than the best):",
-            "",
-            "| Network | Loss | mean ΔIoU (pp) | 95% CI (pp) | Wilcoxon p | images better / worse |",
-            "|---|---|---|---|---|---|",
-        ]
-        for row in scored[1:]:
-            scores = _seed_averaged(row, resolution)
-            names = sorted(set(best) & set(scores))
-            d = paired_difference([scores[n] for n in names], [best[n] for n in names])
-            paired.append({"network": row["network"], "loss": row["loss"], **d})
-            lines.append(
-                f"| {row['network']} | {row['loss']} | {100 * d['mean']:+.2f} | "
-                f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] | {d['wilcoxon_p']:.3g} | "
-                f"{d['better']} / {d['worse']} |"
-            )
+    groups = seed_groups(results, resolution)
+    paired_table, paired = paired_lines(groups, resolution)
     title = (
-        f"Comparison on {root} ({Path(datalist_path).name if datalist_path else 'default datalist'}, test split): "
-        f"{backbone_name} encoders, {_epochs(max_epochs)}, {image_size}×{image_size}, batch {batch_size}, "
+        f"Comparison on {_data_name(root, datalist_path, 'test split')}: {backbone_name} encoders, "
+        f"{epochs_text(max_epochs)}, {image_size}×{image_size}, batch {batch_size}, "
         f"seeds {', '.join(map(str, seed_list))}"
     )
-    note = (
-        f"Mean ± sample SD (n − 1) over the seeds; overlap scores in %, HD95 in pixels, at the {resolution} size"
-        f"{' (each photo as stored)' if resolution == 'original' else ''}; training time: mean wall-clock per run."
-    )
-    markdown = f"# {title}\n\n" + "\n".join(lines) + f"\n\n{note}\n"
+    markdown = f"# {title}\n\n" + "\n".join(comparison_lines(groups, resolution) + paired_table)
+    markdown += f"\n\n{COMPARISON_NOTE.format(resolution=resolution, stored=STORED.get(resolution, ''))}\n"
     print(markdown, end="", flush=True)
-    options = {
-        **{k: v for k, v in common.items() if k != "extra"},
-        "extra": list(common["extra"]),
-        "networks": network_labels,
-        "losses": loss_names,
-        "seeds": seed_list,
-        "resolution": resolution,
-    }
-    summary_rows = [{k: v for k, v in row.items() if k != "runs"} for row in groups]
+    options = _options(common, networks=network_labels, losses=loss_names, seeds=seed_list, resolution=resolution)
     run_rows = [result_row(r) for r in results]
+    summary_rows = [{k: v for k, v in row.items() if k != "runs"} for row in groups]
     content = {"title": title, "options": options, "groups": summary_rows, "paired": paired, "runs": run_rows}
-    stem = str(report)
-    write_text_atomically(out_dir / f"{stem}.md", markdown)
-    write_text_atomically(out_dir / f"{stem}.json", json.dumps(content, indent=2) + "\n")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(run_rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(run_rows)
-    write_text_atomically(out_dir / f"{stem}.csv", buffer.getvalue())
+    write_report(out_dir, str(report), markdown, content, run_rows)
     outcome = ExperimentReport(results, markdown, out_dir)
-    _say(f"wrote {out_dir / stem}.md, .json, .csv")
     for failed in outcome.failed:
-        _say(failed.failure or "")
+        print(failed.failure or "", file=sys.stderr, flush=True)
     return outcome
 
 

@@ -1,6 +1,6 @@
 """Print how strongly each loss pushes a lesion pixel's logit, as a function of the predicted lesion probability.
 
-    python scripts/loss_gradients.py [--lesion_share 0.05]
+    python -m scripts.loss_gradients [--lesion_share 0.05]
 
 For one image whose lesion covers ``lesion_share`` of the pixels, the table gives |dL/dz| for a lesion pixel,
 where z = z1 - z0 is the logit difference of the 2-channel output (so p = sigmoid(z)), per pixel, with the
@@ -10,15 +10,10 @@ a set-level loss with no per-pixel scale to compare.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import fire
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.losses import make_loss  # noqa: E402
+from bundle.losses import make_loss
 
 PROBABILITIES = (0.001, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
 

@@ -4,7 +4,7 @@
 The bundle's demo model (``models/demo/rfeunet_resnet34_isic2017_128.pt``, used when no ``models/model.pt`` has been
 trained) was made this way; the recipe is in docs/README.md ("The demo model")::
 
-    python scripts/make_demo_checkpoint.py /work/runs/demo/models/model.pt \\
+    python -m scripts.make_demo_checkpoint /work/runs/demo/models/model.pt \\
         --out models/demo/rfeunet_resnet34_isic2017_128.pt --evaluation /work/runs/demo/eval/metrics.json \\
         --data "ISIC 2017 at 256x256: training 1840 pairs, validation 160 (a seeded 8 % of the official training)" \\
         --recipe "RFE U-Net ResNet-34 from scratch, 128 px, Dice+CE, Adam 1e-3 poly, batch 8, 10 epochs, seed 0"
@@ -28,12 +28,9 @@ from typing import Any
 import fire
 import torch
 
-if __package__ in (None, ""):  # run as `python scripts/make_demo_checkpoint.py`: make `bundle` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.checkpoint import model_record, read_checkpoint, recorded_state_dict, unwrap_state_dict  # noqa: E402
-from bundle.errors import BundleError, CheckpointError  # noqa: E402
-from bundle.files import atomic_write  # noqa: E402
+from bundle.checkpoint import model_record, read_checkpoint, recorded_state_dict, unwrap_state_dict
+from bundle.errors import BundleError, CheckpointError
+from bundle.files import atomic_write
 
 
 def half_precision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,14 +9,13 @@ a mask marks the lesion under the hairs too, like the ISIC ground truth.
 
 The output is a pure function of ``seed`` (numpy's PCG64 streams, Pillow's encoders), so running
 
-    python scripts/make_sample_data.py --out sample_data
+    python -m scripts.make_sample_data --out sample_data
 
 regenerates the committed files byte for byte with the pinned numpy/Pillow.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import fire
@@ -24,10 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-if __package__ in (None, ""):  # run as `python scripts/make_sample_data.py`: make `bundle` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.data import write_datalist  # noqa: E402
+from bundle.data import write_datalist
 
 # (width, height): landscape like most dermatoscopes, plus portrait and square frames.
 IMAGE_SIZES = ((320, 240), (240, 320), (300, 300), (336, 252), (288, 216), (320, 256))

@@ -3,7 +3,7 @@
 #
 #   scripts/monailabel_serve.sh [options] BUNDLE STUDIES [-- more monailabel start_server options]
 #
-#   BUNDLE   an exported bundle zip (python scripts/export_bundle.py writes dist/<name>_v<version>.zip)
+#   BUNDLE   an exported bundle zip (python -m scripts.export_bundle writes dist/<name>_v<version>.zip)
 #   STUDIES  the folder of photographs (.jpg/.png) to label; MONAI Label keeps labels in STUDIES/labels/
 #   --apps DIR    where the app is set up: DIR/monaibundle (default: ./monailabel-apps)
 #   --host ADDR   address to listen on (default 127.0.0.1; 0.0.0.0 exposes the server to your network)

@@ -17,46 +17,37 @@ Reads the official archives (zip) or their extracted folders of
 
 and writes ``<out>/datalist.json`` with paths relative to ``<out>``, split as in the paper's Table 2. Examples::
 
-    python scripts/prepare_data.py ISIC2018_Task1-2_Training_Input.zip ISIC2018_Task1_Training_GroundTruth.zip \\
+    python -m scripts.prepare_data ISIC2018_Task1-2_Training_Input.zip ISIC2018_Task1_Training_GroundTruth.zip \\
         --out data/isic2018 --cache_size 512
-    python scripts/prepare_data.py ~/PH2Dataset --out data/ph2 --folds 5
-    python scripts/prepare_data.py --download isic2017 --out data/isic2017
-    python scripts/prepare_data.py ../shared/data/isic2017_256 --out data/isic2017_256
+    python -m scripts.prepare_data ~/PH2Dataset --out data/ph2 --folds 5
+    python -m scripts.prepare_data --download isic2017 --out data/isic2017
+    python -m scripts.prepare_data ../shared/data/isic2017_256 --out data/isic2017_256
 
 Problems with single files (unpaired, unreadable, mask size differs from the image) are printed one per line and
 the files left out; problems that stop the run (missing folder, unknown layout, no pairs, failed download) are
 printed as one ``error:`` line each, with exit status 1.
+
+This file finds the layout, pairs, checks, splits and caches; the downloads and archives are
+``scripts/downloads.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import shutil
-import stat
 import sys
-import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.error import HTTPError, URLError
-from urllib.parse import urlsplit
-from urllib.request import Request, urlopen
 
 import fire
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # run as `python scripts/prepare_data.py`: make `bundle` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.checks import check_pair  # noqa: E402
-from bundle.data import (  # noqa: E402
+from bundle.checks import check_pair
+from bundle.data import (
     DATALIST_NAME,
     DEFAULT_SPLIT_FRACTIONS,
     MASK_SUFFIXES,
@@ -69,8 +60,21 @@ from bundle.data import (  # noqa: E402
     split_items,
     write_datalist,
 )
-from bundle.files import atomic_write  # noqa: E402
-from bundle.images import LABELMAP_EXTENSIONS, displayed_size, read_mask, read_photo  # noqa: E402
+from bundle.files import atomic_write, threaded_map
+from bundle.images import LABELMAP_EXTENSIONS, displayed_size, read_mask, read_photo
+from scripts.downloads import DownloadError, download_dataset, extract_zip, load_checksums
+
+__all__ = [
+    "ISIC_FOLDERS",
+    "LAYOUTS",
+    "DownloadError",
+    "cache_pair",
+    "collect_pairs",
+    "detect_layout",
+    "main",
+    "make_splits",
+    "prepare_data",
+]
 
 LAYOUTS = ("isic2016", "isic2017", "isic2017_256", "isic2018", "ph2", "generic")
 ISIC_SUFFIXES = ("_segmentation",)  # matched case-insensitively: 2016 writes "_Segmentation"
@@ -102,65 +106,7 @@ FOLD_VALIDATION_SIZES = (0.875, 0.125)  # training / validation share of the fol
 SEARCH_DEPTH = 3  # how deep under each source the dataset's folders are looked for
 CACHE_JPEG_QUALITY = 95
 CHECK_DECODE_SIZE = 256  # photos are checked decoded down to no less than this (every byte is still read)
-
-ISIC_HOST = "https://isic-challenge-data.s3.amazonaws.com"
-
-
-@dataclass(frozen=True)
-class Archive:
-    """One official archive: ``<base_url>/<year>/<name>``."""
-
-    name: str
-    approx_gb: float  # rough size for the planning message; the server's Content-Length decides the disk check
-    checksum: str | None  # "sha256:<hex>" or "md5:<hex>"; None: not published, only recorded after download
-
-
-# Checksums as published alongside public dataset loaders (sha256 for ISIC 2018 from the torch-em project's table,
-# md5 for 2016/2017 from a public PyTorch dataset collection); --checksums overrides them.
-DOWNLOADS: dict[str, tuple[str, tuple[Archive, ...]]] = {
-    "isic2016": (
-        "2016",
-        (
-            Archive("ISBI2016_ISIC_Part1_Training_Data.zip", 0.9, "md5:2029f387e62dcc062b1370b1efc1f7fb"),
-            Archive("ISBI2016_ISIC_Part1_Training_GroundTruth.zip", 0.01, "md5:fbd77134298f3511479a37bac93109c7"),
-            Archive("ISBI2016_ISIC_Part1_Test_Data.zip", 0.4, "md5:efebcaeaae751007401a40a60d391f93"),
-            Archive("ISBI2016_ISIC_Part1_Test_GroundTruth.zip", 0.01, "md5:492a7711a2e19b96114cab6c96bd1ad5"),
-        ),
-    ),
-    "isic2017": (
-        "2017",
-        (
-            Archive("ISIC-2017_Training_Data.zip", 5.8, "md5:a14a7e622c67a358797ae59abb8a0b0c"),
-            Archive("ISIC-2017_Training_Part1_GroundTruth.zip", 0.01, "md5:77fdbeb6fbec4139937224416b250f4c"),
-            Archive("ISIC-2017_Validation_Data.zip", 0.9, "md5:8d6419d942112f709894c0d82f6c9038"),
-            Archive("ISIC-2017_Validation_Part1_GroundTruth.zip", 0.01, "md5:64d3e68fa2deeb8a5e89aa8dec2efd44"),
-            Archive("ISIC-2017_Test_v2_Data.zip", 5.5, "md5:5f6a0b5e1f2972bd1f5ea02680489f09"),
-            Archive("ISIC-2017_Test_v2_Part1_GroundTruth.zip", 0.01, "md5:b1742de6bd257faca3b2b21a4aa3b781"),
-        ),
-    ),
-    "isic2018": (
-        "2018",
-        (
-            Archive(
-                "ISIC2018_Task1-2_Training_Input.zip",
-                10.4,
-                "sha256:80f98572347a2d7a376227fa9eb2e4f7459d317cb619865b8b9910c81446675f",
-            ),
-            Archive(
-                "ISIC2018_Task1_Training_GroundTruth.zip",
-                0.03,
-                "sha256:99f8b2bb3c4d6af483362010715f7e7d5d122d9f6c02cac0e0d15bef77c7604c",
-            ),
-        ),
-    ),
-}
-_CHUNK = 1 << 20
 _WRITTEN_HERE = re.compile(r"cache\d+|downloads")  # this script's own folders under --out are not searched
-_DOWNLOAD_TIMEOUT_S = 60
-
-
-class DownloadError(Exception):
-    """A download that cannot go on; the message says what to do."""
 
 
 @dataclass
@@ -178,206 +124,6 @@ def _say(line: str) -> None:
 
 def _warn(line: str) -> None:
     print(f"warning: {line}", file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------------------------- archives, download
-
-
-def _unsafe_member(member: zipfile.ZipInfo, out: Path) -> str | None:
-    """Why ``member`` could land outside ``out`` (on any system), or None."""
-    name = member.filename
-    if stat.S_ISLNK(member.external_attr >> 16):
-        return "is a symbolic link"
-    if "\\" in name or (len(name) > 1 and name[1] == ":"):
-        return "is a Windows path (backslashes or a drive letter)"
-    if not (out / name).resolve().is_relative_to(out):
-        return f"would be written outside {out}"
-    return None
-
-
-def extract_zip(archive: Path, out: Path) -> None:
-    """
-    Extract ``archive`` into ``out``, skipping members already there with the same size (re-runs are cheap).
-
-    Every member is checked before anything is written: absolute paths, ``..``, Windows paths and symbolic links
-    are refused, so a crafted archive cannot write outside ``out``.
-
-    Raises:
-        ValueError: when the archive is not a readable zip or a member could land outside ``out``.
-    """
-    out = out.resolve()
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            todo = []
-            for member in zf.infolist():
-                reason = _unsafe_member(member, out)
-                if reason:
-                    raise ValueError(f"{archive}: refused, member {member.filename!r} {reason}.")
-                if member.is_dir() or member.filename.startswith("__MACOSX/"):
-                    continue
-                target = (out / member.filename).resolve()
-                if not (target.is_file() and target.stat().st_size == member.file_size):
-                    todo.append((member, target))
-            for member, target in tqdm(todo, desc=f"extracting {archive.name}", unit="file", disable=not todo):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                partial = target.with_name(target.name + ".extracting")
-                with zf.open(member) as source, open(partial, "wb") as destination:
-                    shutil.copyfileobj(source, destination, _CHUNK)
-                os.replace(partial, target)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
-        raise ValueError(f"{archive} is not a readable zip archive ({error}).") from error
-
-
-def _file_digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _check_checksum(path: Path, checksum: str | None, name: str) -> None:
-    """Raise DownloadError (after deleting ``path``) when ``path``, the download of ``name``, fails ``checksum``."""
-    if checksum is None:
-        return
-    algorithm, _, expected = checksum.partition(":")
-    if algorithm not in ("sha256", "md5") or not expected:
-        raise DownloadError(f"checksum {checksum!r} for {name} is not 'sha256:<hex>' or 'md5:<hex>'.")
-    actual = _file_digest(path, algorithm)
-    if actual != expected.lower():
-        path.unlink()
-        raise DownloadError(
-            f"checksum mismatch for {name}: expected {algorithm} {expected}, got {actual}; "
-            "the corrupt download was deleted, run again to fetch it anew."
-        )
-
-
-def download_file(url: str, destination: Path, checksum: str | None = None) -> Path:
-    """
-    Download ``url`` to ``destination``, resuming a previous partial download and verifying ``checksum``.
-
-    Bytes arrive in ``<destination>.part``; when it exists, the request asks for the rest (HTTP Range) and appends,
-    or starts over when the server ignores the range. The file gets its final name only after its size and checksum
-    check out. An existing ``destination`` that matches ``checksum`` is kept.
-
-    Raises:
-        DownloadError: when the host cannot be reached, the server answers with an error, the transfer stops short,
-            the disk is too full, or the checksum does not match (the bad file is deleted).
-    """
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    if destination.is_file():
-        _check_checksum(destination, checksum, destination.name)
-        _say(f"already downloaded: {destination}")
-        return destination
-    partial = destination.with_name(destination.name + ".part")
-    offset = partial.stat().st_size if partial.is_file() else 0
-    request = Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
-    host = urlsplit(url).netloc
-    try:
-        response = urlopen(request, timeout=_DOWNLOAD_TIMEOUT_S)
-    except HTTPError as error:
-        if error.code != 416 or not offset:  # 416: the range starts at the end, the .part is already whole
-            raise DownloadError(f"{url}: the server answered HTTP {error.code} {error.reason}.") from None
-        response = None
-    except (URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise DownloadError(
-            f"cannot reach {host} ({reason}): this machine seems offline. Download {url} by hand and pass the "
-            "archives or their extracted folders to prepare_data instead of --download."
-        ) from None
-    if response is not None:
-        with response:
-            resumed = response.status == 206
-            if resumed and _range_start(response) != offset:
-                partial.unlink(missing_ok=True)
-                raise DownloadError(
-                    f"{url}: asked for the bytes from {offset} on, the server sent another range; "
-                    "the partial download was deleted, run again."
-                )
-            if not resumed:
-                offset = 0  # the server sends the whole file: start over
-            length = response.headers.get("Content-Length")
-            remaining = int(length) if length is not None else None
-            free = shutil.disk_usage(destination.parent).free
-            if remaining is not None and free < remaining:
-                raise DownloadError(
-                    f"{destination.parent} has {free / 1e9:.1f} GB free, {destination.name} needs "
-                    f"{remaining / 1e9:.1f} GB more."
-                )
-            total = offset + remaining if remaining is not None else None
-            written = offset
-            try:
-                with (
-                    open(partial, "ab" if resumed else "wb") as f,
-                    tqdm(
-                        total=total, initial=offset, unit="B", unit_scale=True, desc=destination.name, mininterval=1.0
-                    ) as bar,
-                ):
-                    while chunk := response.read(_CHUNK):
-                        f.write(chunk)
-                        written += len(chunk)
-                        bar.update(len(chunk))
-            except OSError as error:
-                raise DownloadError(
-                    f"{destination.name}: the transfer broke off after {written} bytes ({error}); run again to resume."
-                ) from None
-            if total is not None and written != total:
-                raise DownloadError(
-                    f"{destination.name}: got {written} of {total} bytes; run again to resume from {partial}."
-                )
-    _check_checksum(partial, checksum, destination.name)
-    os.replace(partial, destination)
-    return destination
-
-
-def _range_start(response: Any) -> int | None:
-    """The first byte position of a 206 response's ``Content-Range: bytes <start>-<end>/<total>``."""
-    content_range = response.headers.get("Content-Range", "")
-    try:
-        return int(content_range.split()[1].split("-")[0])
-    except (IndexError, ValueError):
-        return None
-
-
-def _load_checksums(checksums: str | Mapping[str, str | None] | None) -> dict[str, str | None]:
-    if checksums is None:
-        return {}
-    if isinstance(checksums, Mapping):
-        return dict(checksums)
-    path = Path(str(checksums))
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read the checksums file {path}: {error}.") from error
-    if not isinstance(content, dict):
-        raise ValueError(f"checksums file {path} must hold an object {{archive name: 'sha256:<hex>' or null}}.")
-    return content
-
-
-def download_dataset(
-    dataset: str, folder: Path, base_url: str | None = None, checksums: Mapping[str, str | None] | None = None
-) -> list[Path]:
-    """
-    Download the official archives of ``dataset`` (a key of :data:`DOWNLOADS`) into ``folder``.
-
-    Args:
-        dataset: ``"isic2016"``, ``"isic2017"`` or ``"isic2018"``.
-        folder: where the archives go.
-        base_url: replaces :data:`ISIC_HOST` (a mirror, or a local server in tests).
-        checksums: archive name -> ``"sha256:<hex>"``/``"md5:<hex>"``/None, overriding the table.
-
-    Returns:
-        The archive paths.
-    """
-    if dataset not in DOWNLOADS:
-        raise ValueError(f"cannot download {dataset!r}; --download knows {', '.join(DOWNLOADS)} (PH2 is not public).")
-    year, archives = DOWNLOADS[dataset]
-    checksums = dict(checksums or {})
-    base = (base_url or ISIC_HOST).rstrip("/")
-    _say(f"{dataset}: {len(archives)} archive(s), about {sum(a.approx_gb for a in archives):.1f} GB, into {folder}")
-    return [
-        download_file(f"{base}/{year}/{a.name}", folder / a.name, checksums.get(a.name, a.checksum)) for a in archives
-    ]
 
 
 # ---------------------------------------------------------------------------------------------- finding the layout
@@ -504,11 +250,10 @@ def collect_pairs(layout: str, index: Mapping[str, list[Path]]) -> Collected:
 
 
 def _parallel(function: Callable[[Any], Any], items: Sequence[Any], desc: str) -> list[Any]:
-    # Pillow decodes and encodes without the GIL, so threads give real parallelism here.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        # A bar only for long runs, and only on a terminal (disable=None).
-        quiet = len(items) < 50 or None
-        return list(tqdm(pool.map(function, items), total=len(items), desc=desc, unit="pair", disable=quiet))
+    """``function`` of each item in threads (``bundle.files.threaded_map``), with a progress bar for long runs on a
+    terminal."""
+    quiet = len(items) < 50 or None
+    return list(tqdm(threaded_map(function, items), total=len(items), desc=desc, unit="pair", disable=quiet))
 
 
 # ----------------------------------------------------------------------------------------------------- splitting
@@ -625,6 +370,77 @@ def _cache_all(pairs: Sequence[Mapping[str, str]], cache_dir: Path, longer_side:
 # --------------------------------------------------------------------------------------------------------- main
 
 
+def _sources(sources: Sequence[str], out: str | None, download: str | None) -> tuple[list[Path], list[Path], Path]:
+    """The source folders, the archives and the data root, checked.
+
+    Raises:
+        ValueError: a source that does not exist or is neither a folder nor a zip; no source; no ``out`` where it
+            cannot be guessed.
+    """
+    source_paths = [Path(str(s)).expanduser() for s in sources]
+    for path in source_paths:
+        if not path.exists():
+            raise ValueError(f"source {path} does not exist.")
+        if path.is_file() and path.suffix.lower() != ".zip":
+            hint = " (extract PH2Dataset.rar first, e.g. with unrar or 7z)" if path.suffix.lower() == ".rar" else ""
+            raise ValueError(f"source {path} is neither a folder nor a .zip archive{hint}.")
+    if not source_paths and download is None:
+        raise ValueError("give the dataset's folders or archives, or --download isic2016|isic2017|isic2018.")
+    folders = [p for p in source_paths if p.is_dir()]
+    if out is None:
+        if len(folders) != 1 or len(source_paths) != 1:
+            raise ValueError("pass --out: it defaults to the source folder only when there is exactly one.")
+        out = str(folders[0])
+    return folders, [p for p in source_paths if p.is_file()], Path(str(out)).expanduser().resolve()
+
+
+def _usable_pairs(collected: Collected, roots: Sequence[Path]) -> list[dict[str, str]]:
+    """The pairs that pass the bundle's own check (``bundle.checks.check_pair``, so that training and evaluation
+    accept exactly the pairs listed here); the others are left out of ``collected`` and reported.
+
+    Raises:
+        ValueError: no pair is usable.
+    """
+    pairs = [pair for group in collected.groups.values() for pair in group]
+    checks = _parallel(lambda pair: check_pair(pair, CHECK_DECODE_SIZE), pairs, "checking files")
+    reasons = [check.problem for check in checks]
+    collected.problems += [reason for reason in reasons if reason]
+    bad = {pair["image"] for pair, reason in zip(pairs, reasons, strict=True) if reason}
+    collected.groups = {k: [p for p in group if p["image"] not in bad] for k, group in collected.groups.items()}
+    for problem in collected.problems:
+        _warn(problem)
+    usable = [pair for group in collected.groups.values() for pair in group]
+    if not usable:
+        raise ValueError(
+            f"no usable image/mask pairs for layout {collected.layout} under {', '.join(map(str, roots))}."
+        )
+    _say(f"layout {collected.layout}: {len(usable)} pairs ({len(collected.problems)} problem(s) reported above)")
+    return usable
+
+
+def _fold_splits(usable: Sequence[dict[str, str]], folds: int, seed: int) -> list[dict[str, list]]:
+    """``folds`` cross-validation splits: each fold held out as ``test``, the checkpoint chosen on 1/8 of the rest
+    (PH2: 140/20/40); none for fewer than two folds."""
+    fold_splits = []
+    if folds >= 2:
+        for rest, held_out in kfold(sorted(usable, key=lambda p: p["image"]), folds, seed):
+            inner = split_items(rest, FOLD_VALIDATION_SIZES, seed, keys=("training", "validation"))
+            fold_splits.append({**inner, "test": held_out})
+    return fold_splits
+
+
+def _write_datalists(out_dir: Path, datalist: str, splits: dict, fold_splits: list[dict]) -> tuple[Path, list[Path]]:
+    """Write the datalist and the fold datalists into ``out_dir``; return their paths."""
+    datalist_path = write_datalist(out_dir / str(datalist), splits, out_dir)
+    _say(f"wrote {datalist_path}: " + ", ".join(f"{key} {len(items)}" for key, items in splits.items()))
+    fold_paths = []
+    for i, fold in enumerate(fold_splits):
+        fold_paths.append(write_datalist(out_dir / f"{Path(str(datalist)).stem}_fold{i}.json", fold, out_dir))
+    if fold_paths:
+        _say(f"wrote {len(fold_paths)} fold datalists: {fold_paths[0].name} ... {fold_paths[-1].name}")
+    return datalist_path, fold_paths
+
+
 def prepare_data(
     *sources: str,
     out: str | None = None,
@@ -667,25 +483,10 @@ def prepare_data(
     """
     if layout != "auto" and layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose auto, {', '.join(LAYOUTS)}.")
-    source_paths = [Path(str(s)).expanduser() for s in sources]
-    for path in source_paths:
-        if not path.exists():
-            raise ValueError(f"source {path} does not exist.")
-        if path.is_file() and path.suffix.lower() != ".zip":
-            hint = " (extract PH2Dataset.rar first, e.g. with unrar or 7z)" if path.suffix.lower() == ".rar" else ""
-            raise ValueError(f"source {path} is neither a folder nor a .zip archive{hint}.")
-    if not source_paths and download is None:
-        raise ValueError("give the dataset's folders or archives, or --download isic2016|isic2017|isic2018.")
-    folders = [p for p in source_paths if p.is_dir()]
-    if out is None:
-        if len(folders) != 1 or len(source_paths) != 1:
-            raise ValueError("pass --out: it defaults to the source folder only when there is exactly one.")
-        out = str(folders[0])
-    out_dir = Path(str(out)).expanduser().resolve()
-    archives = [p for p in source_paths if p.is_file()]
+    folders, archives, out_dir = _sources(sources, out, download)
     if download is not None:
         download = str(download)
-        archives += download_dataset(download, out_dir / "downloads", base_url, _load_checksums(checksums))
+        archives += download_dataset(download, out_dir / "downloads", base_url, load_checksums(checksums))
         layout = download if layout == "auto" else layout
     for archive in archives:
         extract_zip(archive, out_dir)
@@ -694,39 +495,14 @@ def prepare_data(
     index = _folder_index(roots)
     layout = detect_layout(index) if layout == "auto" else layout
     collected = collect_pairs(layout, index)
-    pairs = [pair for group in collected.groups.values() for pair in group]
-    # the bundle's own pair check, so that training and evaluation accept exactly the pairs listed here
-    checks = _parallel(lambda pair: check_pair(pair, CHECK_DECODE_SIZE), pairs, "checking files")
-    reasons = [check.problem for check in checks]
-    collected.problems += [reason for reason in reasons if reason]
-    bad = {pair["image"] for pair, reason in zip(pairs, reasons, strict=True) if reason}
-    collected.groups = {k: [p for p in group if p["image"] not in bad] for k, group in collected.groups.items()}
-    for problem in collected.problems:
-        _warn(problem)
-    usable = [pair for group in collected.groups.values() for pair in group]
-    if not usable:
-        raise ValueError(f"no usable image/mask pairs for layout {layout} under {', '.join(map(str, roots))}.")
-    _say(f"layout {layout}: {len(usable)} pairs ({len(collected.problems)} problem(s) reported above)")
-
+    usable = _usable_pairs(collected, roots)
     splits = make_splits(collected, int(seed))
-    fold_splits = []
-    if int(folds) >= 2:
-        for rest, held_out in kfold(sorted(usable, key=lambda p: p["image"]), int(folds), int(seed)):
-            # The held-out fold is only tested on; the checkpoint is chosen on 1/8 of the rest (PH2: 140/20/40).
-            inner = split_items(rest, FOLD_VALIDATION_SIZES, int(seed), keys=("training", "validation"))
-            fold_splits.append({**inner, "test": held_out})
+    fold_splits = _fold_splits(usable, int(folds), int(seed))
     if int(cache_size) > 0:
         cached = _cache_all(usable, out_dir / f"cache{int(cache_size)}", int(cache_size))
         splits = {key: [cached[p["image"]] for p in items] for key, items in splits.items()}
         fold_splits = [{key: [cached[p["image"]] for p in items] for key, items in fs.items()} for fs in fold_splits]
-
-    datalist_path = write_datalist(out_dir / str(datalist), splits, out_dir)
-    _say(f"wrote {datalist_path}: " + ", ".join(f"{key} {len(items)}" for key, items in splits.items()))
-    fold_paths = []
-    for i, fold in enumerate(fold_splits):
-        fold_paths.append(write_datalist(out_dir / f"{Path(str(datalist)).stem}_fold{i}.json", fold, out_dir))
-    if fold_paths:
-        _say(f"wrote {len(fold_paths)} fold datalists: {fold_paths[0].name} ... {fold_paths[-1].name}")
+    datalist_path, fold_paths = _write_datalists(out_dir, datalist, splits, fold_splits)
     return {
         "layout": layout,
         "datalist": datalist_path,

@@ -6,7 +6,7 @@ row with the reference row photo by photo (paired IoU differences: mean, 95 % CI
 worse), as ``scripts/experiments.py compare`` does for networks and losses. Runs are reused when their options are
 unchanged, so the table can be rebuilt and extended. Example (the model card's diagnosis)::
 
-    python scripts/recipes.py --rows docs/diagnosis_rows.json --dataset_dir data/isic2017_256 \\
+    python -m scripts.recipes --rows docs/diagnosis_rows.json --dataset_dir data/isic2017_256 \\
         --out runs/diagnosis --report diagnosis
 
 A rows file::

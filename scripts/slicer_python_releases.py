@@ -1,7 +1,7 @@
 """Record the PyPI metadata the Slicer module's install plan chooses from (run by a maintainer, needs PyPI).
 
-    python scripts/slicer_python_releases.py      # rewrites SkinLesionSegmentationLib/inference_packages.json
-    python scripts/slicer_python_releases.py --packages monai --versions "1.4.0 1.5.2 1.6.1"
+    python -m scripts.slicer_python_releases      # rewrites SkinLesionSegmentationLib/inference_packages.json
+    python -m scripts.slicer_python_releases --packages monai --versions "1.4.0 1.5.2 1.6.1"
 
 For each release it asks pip (``pip install --dry-run --report``, nothing is installed) for the wheel's metadata and
 keeps ``Requires-Python`` and ``Requires-Dist`` without extras. The module resolves from this file at run time

@@ -36,6 +36,18 @@ def run_bundle(
     )
 
 
+def script(name: str) -> list[str]:
+    """``python -m scripts.<name>``, as the README types it (run it with :func:`script_env` from any folder)."""
+    return [sys.executable, "-m", f"scripts.{name}"]
+
+
+def script_env() -> dict:
+    """This environment with the repository on PYTHONPATH, so that ``scripts`` imports from any working folder as
+    from the repository's root."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+
+
 def receiver_env() -> dict:
     """An environment where the installed packages import but this repository's editable ``bundle`` does not.
 

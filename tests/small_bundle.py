@@ -9,6 +9,7 @@ activations saturate and every pixel gets the same class, and masks that are all
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -71,11 +72,13 @@ def small_bundle(destination: Path) -> Path:
 
 
 def export_zip(bundle_root: Path, output_dir: Path, *options: str) -> Path:
-    """Run ``scripts/export_bundle.py`` as a user does and return the zip it wrote."""
+    """Run ``python -m scripts.export_bundle`` as a user does (the repository on the path) and return the zip it
+    wrote."""
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "export_bundle.py"),
+            "-m",
+            "scripts.export_bundle",
             "--bundle_root",
             str(bundle_root),
             "--output_dir",
@@ -85,6 +88,7 @@ def export_zip(bundle_root: Path, output_dir: Path, *options: str) -> Path:
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))},
     )
     if proc.returncode != 0:
         raise AssertionError(f"export failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -186,7 +186,7 @@ def test_training_refuses_bad_pairs_before_it_starts_or_leaves_them_out(tmp_path
     proc = run_bundle(*TRAIN, "--datalist", str(datalist), "--bundle_root", str(tmp_path / "refused"))
     assert proc.returncode == 2
     line = _one_error_line(proc)
-    assert line.startswith("ERROR 8 bad pair(s) in the training split: "), line
+    assert line.startswith(f"ERROR 8 bad pair(s) in the training split of {datalist}: "), line  # names its datalist
     output = proc.stdout + proc.stderr
     for name, (*_, named, expected) in bad_pairs().items():
         assert f"{item(tmp_path / 'data', name)[named]}: " in output and expected in output, name

@@ -93,7 +93,8 @@ def test_quick_run_writes_consistent_json_and_markdown(tmp_path, isic_val):
     process = subprocess.run(
         [
             sys.executable,
-            "scripts/benchmark.py",
+            "-m",
+            "scripts.benchmark",
             "--quick",
             "--threads",
             "1",

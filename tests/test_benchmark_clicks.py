@@ -24,7 +24,8 @@ def test_quick_run_adds_the_click_section_and_keeps_the_others(tmp_path, isic_va
     process = subprocess.run(
         [
             sys.executable,
-            "scripts/benchmark_clicks.py",
+            "-m",
+            "scripts.benchmark_clicks",
             "--quick",
             "--threads",
             "1",
@@ -52,7 +53,7 @@ def test_quick_run_adds_the_click_section_and_keeps_the_others(tmp_path, isic_va
     assert clicks["click_in_worker"]["median_s"] <= clicks["click"]["median_s"]
     assert clicks["click_vs_segment"] == pytest.approx(clicks["click"]["median_s"] / clicks["segment"]["median_s"])
     assert clicks["target"]["met"] == (clicks["click"]["median_s"] <= benchmark_clicks.TARGET_S)
-    assert clicks["run"]["threads"] == 1 and clicks["run"]["command"].startswith("python scripts/benchmark_clicks.py")
+    assert clicks["run"]["threads"] == 1 and clicks["run"]["command"].startswith("python -m scripts.benchmark_clicks")
 
     page = out_md.read_text()
     assert page.startswith("Hand-written analysis.") and page.rstrip().endswith("More prose.")

@@ -142,7 +142,7 @@ def test_load_datalist_without_datalist_pairs_folders_with_suffixes(tmp_path):
 
 def test_load_datalist_without_anything_to_read(tmp_path):
     with pytest.raises(ValueError, match=r"holds no photo/mask pairs: no datalist\.json, no images/ \+ masks/ .*"
-                       r"python scripts/prepare_data\.py"):  # fmt: skip
+                       r"python -m scripts\.prepare_data"):  # fmt: skip
         load_datalist(tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
         load_datalist(tmp_path, "absent.json")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from PIL import Image
 from bundle.checkpoint import model_record, network_settings, read_checkpoint, unwrap_state_dict
 from scripts.make_demo_checkpoint import main, make_demo_checkpoint
 
-from .conftest import REPO, run_bundle
+from .conftest import REPO, run_bundle, script, script_env
 from .small_bundle import copy_bundle, write_small_checkpoint
 
 DEMO = REPO / "models" / "demo" / "rfeunet_resnet34_isic2017_128.pt"
@@ -159,9 +158,8 @@ def test_a_fresh_copy_exports_the_demo_for_monai_label(demo, tmp_path):
     root = copy_bundle(tmp_path / "bundle")
     shutil.copytree(demo.parent, root / "models" / "demo")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "export_bundle.py"), "--bundle_root", str(root), "--output_dir",
-         str(tmp_path / "dist")],
-        capture_output=True, text=True, timeout=600,
+        [*script("export_bundle"), "--bundle_root", str(root), "--output_dir", str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=600, env=script_env(),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     copied = root / "models" / "demo" / demo.name
@@ -185,9 +183,8 @@ def test_export_of_a_bundle_without_a_demo_entry_names_the_missing_weights(tmp_p
     del content["demo_ckpt_path"]
     config.write_text(json.dumps(content, indent=4))
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "export_bundle.py"), "--bundle_root", str(root), "--output_dir",
-         str(tmp_path / "dist")],
-        capture_output=True, text=True, timeout=600,
+        [*script("export_bundle"), "--bundle_root", str(root), "--output_dir", str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=600, env=script_env(),
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

@@ -38,15 +38,17 @@ FAST = ("--max_epochs", "1", "--image_size", "64", "--num_workers", "0")
 
 
 def run_experiments(*args: str, cwd: Path = REPO, module: bool = False) -> subprocess.CompletedProcess:
-    """``python scripts/experiments.py <args>`` (or ``python -m scripts.experiments``) in a real process."""
-    entry = ["-m", "scripts.experiments"] if module else [str(REPO / "scripts" / "experiments.py")]
+    """``python -m scripts.experiments <args>`` in a real process, from ``cwd`` (from another folder than the
+    repository's root, with the root on PYTHONPATH; ``module`` is kept for the callers that name the form)."""
+    entry = ["-m", "scripts.experiments"]
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     return subprocess.run(
         [sys.executable, *entry, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"},
     )
 
 
@@ -340,7 +342,7 @@ def test_recipe_defaults_are_the_training_config_defaults(tmp_path):
         for key in ("max_epochs", "image_size", "batch_size", "seed"):
             assert defaults[key] == config[key], (recipe.__name__, key)
         # None: the bundle's own machine-sized default, the expression train.json uses
-        assert defaults["num_workers"] is None and config["num_workers"] == "$bundle.data.loader_workers()"
+        assert defaults["num_workers"] is None and config["num_workers"] == {"_target_": "bundle.data.loader_workers"}
     assert inspect.signature(folds).parameters["loss"].default == config["loss"]
     assert inspect.signature(folds).parameters["backbone"].default == config["backbone"]
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from .conftest import REPO
+from .conftest import REPO, script, script_env
 from .conftest import receiver_env as _receiver_env
 from .small_bundle import (
     SMALL_CLICK_NETWORK,
@@ -35,11 +35,12 @@ PHOTOS = ("ISIC_0001769.jpg", "ISIC_0001852.jpg", "ISIC_0003462.jpg")
 
 def _export(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "export_bundle.py"), *args],
+        [*script("export_bundle"), *args],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=cwd,
+        env=script_env(),
     )
 
 

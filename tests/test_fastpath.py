@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from bundle.errors import ConfigError
 from bundle.networks import make_network
 from bundle.networks.fastpath import FAST_PATHS, FastInferer, fold_batchnorm, onnxruntime_available
 from tests.conftest import REPO
@@ -66,7 +67,7 @@ def test_training_mode_and_gradients_run_the_network_itself():
     x = torch.randn(2, 3, 64, 64, requires_grad=True)
     inferer(x, network).sum().backward()  # gradients flow: the network itself ran
     assert x.grad is not None and inferer.engine_name == "none"
-    with pytest.raises(ValueError, match="fast_path must be one of"):
+    with pytest.raises(ConfigError, match="^fast_path: 'tensorrt' is not one of auto, onnxruntime, bn_folded, none$"):
         FastInferer("tensorrt")
 
 

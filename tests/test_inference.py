@@ -12,6 +12,7 @@ import pytest
 from monai.transforms import LoadImaged
 from PIL import Image
 
+from bundle.cli import run_inference
 from bundle.data import inference_inputs
 from bundle.errors import BadInputError, CheckpointError, ConfigError, DataError
 from bundle.images import read_photo
@@ -291,7 +292,7 @@ def test_library_raises_on_bad_input_and_prints_nothing(tmp_path, capfd):
     assert len(results) == len(readable)
     assert sorted(Path(source).name for source, _ in failures) == sorted(broken)
     with pytest.raises(DataError, match="no input images"):
-        segmenter.runner.main([])
+        run_inference(segmenter.runner, [])
     with pytest.raises(DataError, match="does not exist"):
         inference_inputs(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="output_ext: '.xyz' is not one of"):

@@ -99,7 +99,7 @@ def test_folders_without_pairs_are_refused_pointing_to_what_works(tmp_path, isic
     with pytest.raises(DataError) as caught:
         load_datalist(root, key="training")
     message = str(caught.value)
-    for hint in ("images/ + masks/", "_segmentation.png, _mask or _lesion", "--datalist", "scripts/prepare_data.py"):
+    for hint in ("images/ + masks/", "_segmentation.png, _mask or _lesion", "--datalist", "-m scripts.prepare_data"):
         assert hint in message, (hint, message)
     with pytest.raises(DataError, match=r"holds no images .*its subfolders patient_00, patient_01, .* do: give one"):
         list_images(root)  # inference on the clinic's top folder

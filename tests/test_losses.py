@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bundle.errors import ConfigError
 from bundle.losses import LOSS_NAMES, AdaptExpCELoss, AdaptExpLoss, AdaptLogLoss, ExpLoss, make_loss
 
 EPS = 1e-6
@@ -116,6 +117,26 @@ def test_adapt_exp_ce_matches_numpy_reference(lambda_ce, seed):
     expected = reference_loss(z, target, True, True, "mean") + lambda_ce * cross_entropy
     loss = AdaptExpCELoss(lambda_ce=lambda_ce)(logits, torch.from_numpy(target))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_adapt_exp_ce_reduction_matches_numpy_reference(reduction):
+    """``reduction`` as in every MONAI loss: the per-pixel map (B, 1, H, W) of Adapt Exp + λ cross-entropy, its sum,
+    its mean; against eq. (1)-(3) and the log-softmax in float64."""
+    rng, target = mixed_batch(3)
+    logits = make_logits(rng, 2, target)
+    z = logits.numpy().astype(np.float64)
+    log_p = z - np.logaddexp(z[:, 0], z[:, 1])[:, None]
+    per_pixel_ce = -(target * log_p[:, 1:2] + (1 - target) * log_p[:, 0:1])  # (B, 1, H, W)
+    per_pixel = reference_loss(z, target, True, True, "none") + 0.5 * per_pixel_ce
+    expected = {"none": per_pixel, "sum": per_pixel.sum(), "mean": per_pixel.mean()}[reduction]
+    loss = AdaptExpCELoss(lambda_ce=0.5, reduction=reduction)(logits, torch.from_numpy(target))
+    assert loss.shape == np.shape(expected)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=2e-5)
+    if reduction == "none":  # the map averages to the default reduction's value
+        assert loss.mean().item() == pytest.approx(AdaptExpCELoss(lambda_ce=0.5)(logits, torch.from_numpy(target)))
+    with pytest.raises(ValueError, match="median"):
+        AdaptExpCELoss(reduction="median")
 
 
 def test_adapt_exp_ce_keeps_a_gradient_on_confident_mistakes_and_checks_its_target():
@@ -275,6 +296,11 @@ def test_make_loss_forward_backward(name):
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_make_loss_refuses_an_unknown_name_in_one_line():
+    with pytest.raises(ConfigError, match=r"^loss: 'adapt_exp' is not one of adaptexp, .*; did you mean adaptexp\?$"):
+        make_loss("adapt_exp")
 
 
 def test_make_loss_builds_the_named_classes_and_passes_kwargs():

@@ -6,6 +6,7 @@ import pytest
 import torch
 from monai.networks.nets import BasicUNet, FlexibleUNet
 
+from bundle.errors import ConfigError
 from bundle.networks import NETWORK_NAMES, RFEUNet, make_network
 
 
@@ -34,12 +35,16 @@ def test_the_names_build_the_classes_they_say():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"name": "unetr"}, "unknown network 'unetr'; choose one of rfeunet, flexibleunet, basicunet"),
-        ({"name": "flexibleunet", "backbone": "resnet18"}, "backbone must be one of resnet34, resnet50, resnet101"),
-        ({"name": "basicunet", "rfe": False}, "rfe=False only applies to the rfeunet network"),
-        ({"name": "flexibleunet", "pretrained_weights": "x.pth"}, "pretrained_weights is only supported for"),
+        ({"name": "unetr"}, "network_name: 'unetr' is not one of rfeunet, flexibleunet, basicunet"),
+        ({"name": "flexibleunet", "backbone": "resnet18"}, "backbone: 'resnet18' is not one of resnet34, resnet50, "),
+        ({"name": "rfeunet", "backbone": "resnet-34"}, "backbone: 'resnet-34' is not one of .*; did you mean resnet34"),
+        ({"name": "basicunet", "rfe": False}, "rfe: false applies to the rfeunet network only, not basicunet"),
+        ({"name": "basicunet", "rfe": "maybe"}, "rfe: 'maybe' is not a yes/no value"),
+        ({"name": "flexibleunet", "pretrained_weights": "x.pth"}, "pretrained_weights: only the rfeunet network"),
     ],
 )
 def test_wrong_options_are_one_clear_error(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    """The same one-line ``ConfigError`` (a ``ValueError``) a command-line user gets for these options."""
+    with pytest.raises(ConfigError, match=message) as raised:
         make_network(**kwargs)
+    assert "\n" not in str(raised.value)

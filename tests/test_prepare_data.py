@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from bundle.data import load_datalist
-from scripts.prepare_data import ISIC_FOLDERS, DownloadError, download_file, main, prepare_data
+from scripts.downloads import DownloadError, download_file
+from scripts.prepare_data import ISIC_FOLDERS, main, prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("training", "validation", "test")
@@ -99,7 +100,7 @@ def check_datalist(
 
 def run_process(*args: str, module: bool = False) -> subprocess.CompletedProcess:
     """The command line in a real process, as a user types it."""
-    command = ["-m", "scripts.prepare_data"] if module else [str(REPO / "scripts" / "prepare_data.py")]
+    command = ["-m", "scripts.prepare_data"]  # as the README types it, from the repository's root
     return subprocess.run(
         [sys.executable, *command, *args], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
     )

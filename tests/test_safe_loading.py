@@ -214,7 +214,7 @@ def _crafted_zip(path: Path, member: str, symlink: bool = False) -> Path:
     ],
 )
 def test_prepare_data_refuses_a_zip_member_that_escapes(tmp_path, member, symlink):
-    from scripts.prepare_data import extract_zip
+    from scripts.downloads import extract_zip
 
     archive = _crafted_zip(tmp_path / "crafted.zip", member, symlink)
     out = tmp_path / "deep" / "out"
@@ -231,7 +231,7 @@ def test_prepare_data_unpacks_a_plain_zip(tmp_path):
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("set/images/a.jpg", b"a")
         zf.writestr("set/masks/a.png", b"bb")
-    from scripts.prepare_data import extract_zip
+    from scripts.downloads import extract_zip
 
     extract_zip(archive, tmp_path / "out")
     assert (tmp_path / "out" / "set" / "masks" / "a.png").read_bytes() == b"bb"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = ["SPPF", "Bottleneck", "C2f", "Conv", "MaxPool2d", "autopad"]
 
@@ -110,6 +111,22 @@ class Conv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
+
+    def forward_fuse(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass once :meth:`fuse` has folded the BatchNorm into the convolution."""
+        return self.act(self.conv(x))
+
+    def fuse(self) -> Conv:
+        """Fold the BatchNorm (eval mode: its running statistics) into the convolution and run without it.
+
+        The convolution's weight is scaled by :math:`\\gamma / \\sqrt{\\sigma^2 + \\epsilon}` and it gains the bias
+        :math:`\\beta - \\gamma \\mu / \\sqrt{\\sigma^2 + \\epsilon}`, which saves one pass over the feature map. For
+        inference only: the block no longer trains its BatchNorm.
+        """
+        self.conv = fuse_conv_bn_eval(self.conv.eval(), self.bn.eval())
+        del self.bn
+        self.forward = self.forward_fuse
+        return self
 
 
 class Bottleneck(nn.Module):

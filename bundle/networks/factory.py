@@ -11,19 +11,17 @@ from pathlib import Path
 
 from torch import nn
 
-from bundle.networks.rfe_unet import BACKBONES, RFEUNet
+from bundle.config import choice, flag
+from bundle.errors import ConfigError
+from bundle.networks.registry import BACKBONES, NETWORK_DEFAULTS, NETWORK_NAMES
+from bundle.networks.rfe_unet import RFEUNet
 
 __all__ = ["NETWORK_NAMES", "make_network"]
 
-# "rfeunet": the paper's network (``rfe=False`` gives Table 9's plain ResNet U-Net);
-# "flexibleunet": MONAI's FlexibleUNet with a ResNet encoder of the same name (no pretrained weights);
-# "basicunet": MONAI's BasicUNet (features 32, 32, 64, 128, 256, 32), no encoder to choose.
-NETWORK_NAMES = ("rfeunet", "flexibleunet", "basicunet")
-
 
 def make_network(
-    name: str = "rfeunet",
-    backbone: str = "resnet101",
+    name: str = NETWORK_DEFAULTS["name"],
+    backbone: str = NETWORK_DEFAULTS["backbone"],
     in_channels: int = 3,
     out_channels: int = 2,
     rfe: bool = True,
@@ -37,21 +35,22 @@ def make_network(
             ignored by ``basicunet``.
         in_channels, out_channels: image channels and logit channels.
         rfe: ``rfeunet`` only: False replaces the RFE skips with the plain encoder features.
-        pretrained_weights: ``rfeunet`` only: a local torchvision ResNet state_dict for the encoder.
+        pretrained_weights: ``rfeunet`` only: a local torchvision ResNet state_dict for the encoder (``""`` or
+            None: none).
 
     Raises:
-        ValueError: an unknown ``name`` or ``backbone``, or an option the chosen network does not have.
+        ConfigError: an unknown ``name`` or ``backbone``, or an option the chosen network does not have (one line).
     """
-    if name not in NETWORK_NAMES:
-        raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETWORK_NAMES)}.")
-    if name != "basicunet" and backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}.")
+    choice(name, NETWORK_NAMES, "network_name")
+    rfe = flag(rfe, "rfe")
+    if name != "basicunet":
+        choice(backbone, BACKBONES, "backbone")
     if name == "rfeunet":
         return RFEUNet(backbone, in_channels, out_channels, pretrained_weights=pretrained_weights, rfe=rfe)
     if pretrained_weights:
-        raise ValueError(f"pretrained_weights is only supported for the rfeunet network, not {name!r}.")
+        raise ConfigError(f"pretrained_weights: only the rfeunet network takes them, not {name}")
     if not rfe:
-        raise ValueError(f"rfe=False only applies to the rfeunet network, not {name!r}.")
+        raise ConfigError(f"rfe: false applies to the rfeunet network only, not {name}")
     from monai.networks.nets import BasicUNet, FlexibleUNet
 
     if name == "flexibleunet":

@@ -7,7 +7,8 @@ the config's inferer with the network it loaded. Options, measured against plain
 
 - ``"onnxruntime"``: the network exported to ONNX once and run by ONNX Runtime's CPU provider, which fuses each
   convolution with its BatchNorm and SiLU and keeps one blocked memory layout; float32, the same logits to ~1e-7.
-- ``"bn_folded"``: a copy with every BatchNorm folded into its convolution, in channels-last memory; float32.
+- ``"bn_folded"``: a copy with every BatchNorm folded into its convolution (``bundle.networks.fusion``), in
+  channels-last memory; float32.
 - ``"none"``: the network itself.
 - ``"auto"`` (the default): on the CPU, ``"onnxruntime"`` for trained weights (a ``weights_file`` that exists) when
   ``onnx`` and ``onnxruntime`` are installed, else ``"bn_folded"`` (an export costs seconds, worth paying once per
@@ -16,7 +17,6 @@ the config's inferer with the network it loaded. Options, measured against plain
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import logging
@@ -29,15 +29,27 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["FAST_PATHS", "FastInferer", "bf16_supported", "fold_batchnorm", "onnxruntime_available", "prune_cache"]
+from bundle.config import choice
+from bundle.errors import ConfigError
+from bundle.networks.fusion import fold_batchnorm
+
+__all__ = [
+    "FAST_PATHS",
+    "FastInferer",
+    "bf16_supported",
+    "cache_folder",
+    "fold_batchnorm",
+    "onnxruntime_available",
+    "prune_cache",
+]
 
 logger = logging.getLogger(__name__)
 
 FAST_PATHS = ("auto", "onnxruntime", "bn_folded", "none")
 ONNX_OPSET = 17
 KEEP_CACHED = 2  # exported models kept per cache folder (the newest)
+CACHE_FOLDER = ".cache"
 
 
 def bf16_supported() -> bool:
@@ -53,35 +65,6 @@ def onnxruntime_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _fold_pair(parent: nn.Module, conv_name: str, bn_name: str) -> bool:
-    conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
-    if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats):
-        return False
-    setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
-    setattr(parent, bn_name, nn.Identity())
-    return True
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with every BatchNorm folded into the convolution that feeds it.
-
-    Folds the pairs the RFE U-Net applies back to back: ``conv``/``bn`` (YOLOv8's Conv), ``convN``/``bnN``
-    (MONAI's ResNet stem and residual blocks) and a Conv2d followed by a BatchNorm2d in an ``nn.Sequential``
-    (the residual downsampling). The BatchNorm becomes ``nn.Identity`` and the convolution gains the bias
-    ``beta - gamma * mean / sqrt(var + eps)``, its weight scaled by ``gamma / sqrt(var + eps)``, which saves
-    one pass over every feature map. ``model`` itself is left unchanged.
-    """
-    folded = copy.deepcopy(model).eval()
-    for module in list(folded.modules()):
-        for name, _ in list(module.named_children()):
-            if name == "conv" or (name.startswith("conv") and name[4:].isdigit()):
-                _fold_pair(module, name, "bn" + name[4:])
-        if isinstance(module, nn.Sequential):
-            for i in range(len(module) - 1):
-                _fold_pair(module, str(i), str(i + 1))
-    return folded
 
 
 def weights_digest(network: nn.Module) -> str:
@@ -138,6 +121,11 @@ def _is_stale(cached: Path) -> bool:
     if source.get("weights_file") is None:
         return False  # exported from weights in memory: only the count limit applies
     return _source_of(source["weights_file"]) != source
+
+
+def cache_folder(weights_file: str | Path | None) -> str:
+    """Where the ONNX copies of the weights in ``weights_file`` are kept: ``.cache/`` beside it (``""``: none)."""
+    return str(Path(weights_file).parent / CACHE_FOLDER) if weights_file else ""
 
 
 def prune_cache(cache_dir: str | Path | None) -> list[Path]:
@@ -253,17 +241,15 @@ class FastInferer(Inferer):
             it exists.
 
     Raises:
-        ValueError: an unknown ``fast_path``, or ``"onnxruntime"`` when onnx / onnxruntime are not installed.
+        ConfigError: an unknown ``fast_path``, or ``"onnxruntime"`` when onnx / onnxruntime are not installed.
     """
 
     def __init__(
         self, fast_path: str = "auto", cache_dir: str | Path | None = None, weights_file: str | Path | None = None
     ) -> None:
-        if fast_path not in FAST_PATHS:
-            raise ValueError(f"fast_path must be one of {', '.join(FAST_PATHS)}, got {fast_path!r}.")
+        self.fast_path = choice(fast_path, FAST_PATHS, "fast_path")
         if fast_path == "onnxruntime" and not onnxruntime_available():
-            raise ValueError("fast_path 'onnxruntime' needs the onnx and onnxruntime packages (pip install them).")
-        self.fast_path = fast_path
+            raise ConfigError("fast_path: onnxruntime needs the onnx and onnxruntime packages (pip install them)")
         self.cache_dir = cache_dir or None
         self.weights_file = weights_file or None
         self.calls = 0

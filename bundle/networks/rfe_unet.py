@@ -15,19 +15,15 @@ from monai.networks.nets import ResNet
 from torch import nn
 
 from bundle.checkpoint import read_checkpoint, unwrap_state_dict
+from bundle.config import look_up
 from bundle.errors import CheckpointError
 from bundle.networks.blocks import SPPF, C2f, Conv, MaxPool2d
+from bundle.networks.registry import BACKBONES, NETWORK_DEFAULTS
 
 __all__ = ["BACKBONES", "RFE", "DecoderStage", "RFEUNet", "adapt_stem_weight", "load_encoder_weights"]
 
 logger = logging.getLogger(__name__)
 
-# torchvision's ResNet layouts: residual block type and blocks per stage.
-BACKBONES: dict[str, tuple[str, list[int]]] = {
-    "resnet34": ("basic", [3, 4, 6, 3]),
-    "resnet50": ("bottleneck", [3, 4, 6, 3]),
-    "resnet101": ("bottleneck", [3, 4, 23, 3]),
-}
 STEM_CHANNELS = 64
 STAGE_PLANES = [64, 128, 256, 512]
 # the encoder halves the resolution five times: stem conv, max-pool, layer2, layer3, layer4
@@ -118,11 +114,13 @@ class RFEUNet(nn.Module):
     image with the same value in every channel gives the stem response of the same grey RGB image.
 
     Args:
-        backbone: ``"resnet34"``, ``"resnet50"`` or ``"resnet101"`` (the paper's main model).
+        backbone: ``"resnet34"``, ``"resnet50"`` or ``"resnet101"`` (the paper's main model; see
+            ``bundle.networks.registry``).
         in_channels: channels of the input image.
         out_channels: channels of the output logits (2 for lesion vs. background with a softmax).
-        pretrained_weights: optional path to a local ``.pth`` holding a torchvision ResNet state_dict of the
-            chosen depth (plain, or wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``; ``fc.*`` is ignored).
+        pretrained_weights: optional path (``""`` or None: none) to a local ``.pth`` holding a torchvision ResNet
+            state_dict of the chosen depth (plain, or wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``;
+            ``fc.*`` is ignored).
         head_channels: width of the last, full-resolution decoder stage.
         c2f_n: Bottlenecks in each RFE's C2f.
         c2f_shortcut: residual connections in those Bottlenecks (off, as in YOLOv8's neck).
@@ -134,13 +132,14 @@ class RFEUNet(nn.Module):
     times and the decoder doubles it back); output: ``(B, out_channels, H, W)`` logits.
 
     Raises:
-        ValueError: an unknown ``backbone``; ``pretrained_weights`` that cannot be read or do not fit the
+        ConfigError: an unknown ``backbone`` (one line naming the options).
+        ValueError: ``pretrained_weights`` that cannot be read or do not fit the
             encoder; (in ``forward``) an input that is not 4-D or whose H or W is not a multiple of 32.
     """
 
     def __init__(
         self,
-        backbone: str = "resnet101",
+        backbone: str = NETWORK_DEFAULTS["backbone"],
         in_channels: int = 3,
         out_channels: int = 2,
         pretrained_weights: str | Path | None = None,
@@ -151,9 +150,7 @@ class RFEUNet(nn.Module):
         rfe: bool = True,
     ) -> None:
         super().__init__()
-        if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}.")
-        block, layers = BACKBONES[backbone]
+        block, layers = look_up(backbone, BACKBONES, "backbone")
         self.size_divisor = DOWNSAMPLING
         self.encoder = ResNet(
             block,
@@ -181,7 +178,7 @@ class RFEUNet(nn.Module):
             Conv(head_channels, head_channels, 3),
             nn.Conv2d(head_channels, out_channels, kernel_size=1),
         )
-        if pretrained_weights is not None:
+        if pretrained_weights:
             load_encoder_weights(self.encoder, pretrained_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
