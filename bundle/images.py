@@ -39,6 +39,16 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 LABELMAP_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
+def _nonempty_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, or a BadInputError naming it when it is not a file or is empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise BadInputError(path, "empty file")
+    return path
+
+
 def _silence_libtiff() -> None:
     """Stop libtiff writing its errors to stderr from C (Linux; elsewhere nothing changes).
 
@@ -112,11 +122,7 @@ def read_photo_sized(
             pixels than Pillow's decompression-bomb limit (about 179 megapixels), which is refused from the file's
             header before any memory is spent.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(path, "no such file")
-    if path.stat().st_size == 0:
-        raise BadInputError(path, "empty file")
+    path = _nonempty_file(path)
     try:
         with warnings.catch_warnings():
             # between Pillow's warning (89 MP) and error (179 MP) limits: read, at the size reduce_to asks for
@@ -223,11 +229,7 @@ def read_mask_values(path: str | os.PathLike) -> np.ndarray:
         BadInputError: naming the file, when it is missing, empty, cannot be read, or is a volume of more than one
             slice.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(path, "no such file")
-    if path.stat().st_size == 0:
-        raise BadInputError(path, "empty file")
+    path = _nonempty_file(path)
     try:
         if path.name.lower().endswith(LABELMAP_EXTENSIONS):
             values = _labelmap_values(str(path))
