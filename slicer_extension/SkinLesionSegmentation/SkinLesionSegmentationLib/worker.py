@@ -73,7 +73,10 @@ class BundleModel:
         if device == "cpu":
             device_overrides["amp"] = False
         # No writer: a folder's results are written by batch(), as a mask PNG and a .seg.nrrd, where the user chose.
-        overrides = {**self.overrides, **device_overrides, "writer": None}
+        # No DataLoader processes: this process runs a threaded server, and a process forked from it while another
+        # thread holds a lock (logging, the socket server, torch's pools) can hang for ever; a folder is then
+        # preprocessed in the request's thread (seen: a 'batch' request that never answered with two CPUs).
+        overrides = {"num_workers": 0, **self.overrides, **device_overrides, "writer": None}
         self.segmenter = LesionSegmenter(bundle_root=self.bundle_root, overrides=overrides)
         self.guidance = self.segmenter.guidance
         self.device = device
