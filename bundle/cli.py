@@ -219,6 +219,7 @@ OPTION_HELP = {
     "backbone": "resnet34 | resnet50 | resnet101 [likewise]",
     "network_name": "rfeunet | flexibleunet | basicunet [likewise]",
     "rfe": "false: plain U-Net skips (the paper's baseline) [likewise]",
+    "batchnorm": "yolov8 | pytorch: eps/momentum of the RFE U-Net's YOLOv8-style BatchNorms [likewise]",
     "loss": "adaptexp | adaptexpce | adaptlog | dicece | dice | bce | exp | focal",
     "augment": "augmentation groups: flips, rotate, colour, greyscale (or none)",
     "model_selection": "best | last: the epoch models/model.pt keeps",
@@ -247,9 +248,9 @@ OPTION_HELP = {
 }
 _SHOWN = {
     "training": ("dataset_dir", "datalist", "max_epochs", "batch_size", "learning_rate", "image_size", "backbone",
-                 "network_name", "rfe", "loss", "augment", "model_selection", "init_weights", "pretrained_weights",
-                 "resume", "ckpt_dir", "output_dir", "skip_bad_pairs", "device", "amp", "num_workers", "cache_rate",
-                 "seed"),
+                 "network_name", "rfe", "batchnorm", "loss", "augment", "model_selection", "init_weights",
+                 "pretrained_weights", "resume", "ckpt_dir", "output_dir", "skip_bad_pairs", "device", "amp",
+                 "num_workers", "cache_rate", "seed"),
     "evaluation": ("dataset_dir", "datalist", "eval_key", "ckpt_path", "output_dir", "eval_dir", "save_overlays",
                    "noise_std", "skip_bad_pairs", "device", "amp", "num_workers"),
     "inference": ("dataset_dir", "datalist", "datalist_key", "output_dir", "output_ext", "save_probabilities",

@@ -22,6 +22,7 @@ SETTING_KEYS = {
     "name": "network_name",
     "backbone": "backbone",
     "rfe": "rfe",
+    "batchnorm": "batchnorm",
     "image_size": "image_size",
     "pixel_mean": "pixel_mean",
     "pixel_std": "pixel_std",

@@ -308,6 +308,19 @@ def test_rfe_switch_reaches_the_network(typed, has_rfe):
         assert (len(parser.get_parsed_content("network_def").rfe) == 4) is has_rfe, files
 
 
+def test_batchnorm_switch_reaches_the_network():
+    """`--batchnorm pytorch` (the diagnosis's BatchNorm row) builds the same network in training and inference."""
+    from bundle.networks.blocks import Conv
+
+    for files in (["train.json"], ["inference.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(REPO / "configs" / name) for name in files])
+        parser.update({"batchnorm": "pytorch", "backbone": "resnet34"})
+        blocks = [m for m in parser.get_parsed_content("network_def").modules() if isinstance(m, Conv)]
+        assert blocks and {m.bn.eps for m in blocks} == {1e-5}, files
+        assert parser.get_parsed_content("network_settings")["batchnorm"] == "pytorch", files
+
+
 @pytest.mark.parametrize(
     "config, alias",
     [

@@ -8,6 +8,7 @@ from monai.networks.nets import BasicUNet, FlexibleUNet
 
 from bundle.errors import ConfigError
 from bundle.networks import NETWORK_NAMES, RFEUNet, make_network
+from bundle.networks.blocks import Conv
 
 
 @pytest.mark.parametrize("name", NETWORK_NAMES)
@@ -32,6 +33,16 @@ def test_the_names_build_the_classes_they_say():
     assert large > 1.5 * small
 
 
+@pytest.mark.parametrize("batchnorm, eps, momentum", [("yolov8", 1e-3, 0.03), ("pytorch", 1e-5, 0.1)])
+def test_batchnorm_setting_reaches_every_yolov8_block_and_not_the_encoder(batchnorm, eps, momentum):
+    network = make_network("rfeunet", "resnet34", batchnorm=batchnorm)
+    blocks = [m for m in network.modules() if isinstance(m, Conv)]
+    assert len(blocks) > 20  # RFE modules, decoder stages, head
+    assert {(m.bn.eps, m.bn.momentum) for m in blocks} == {(eps, momentum)}
+    encoder = {(m.eps, m.momentum) for m in network.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert encoder == {(1e-5, 0.1)}
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -41,6 +52,8 @@ def test_the_names_build_the_classes_they_say():
         ({"name": "basicunet", "rfe": False}, "rfe: false applies to the rfeunet network only, not basicunet"),
         ({"name": "basicunet", "rfe": "maybe"}, "rfe: 'maybe' is not a yes/no value"),
         ({"name": "flexibleunet", "pretrained_weights": "x.pth"}, "pretrained_weights: only the rfeunet network"),
+        ({"name": "flexibleunet", "batchnorm": "pytorch"}, "batchnorm: pytorch applies to the rfeunet network only"),
+        ({"name": "rfeunet", "batchnorm": "torch"}, "batchnorm: 'torch' is not one of yolov8, pytorch"),
     ],
 )
 def test_wrong_options_are_one_clear_error(kwargs, message):

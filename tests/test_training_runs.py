@@ -17,6 +17,7 @@ from monai.bundle import ConfigParser
 from bundle.checkpoint import NetworkCheckpoint, network_settings
 from bundle.errors import CheckpointMismatchError
 from bundle.networks import make_network
+from bundle.networks.blocks import Conv
 from bundle.training import TrainingCheckpoints, checkpoint_folder, starting_settings
 
 from .conftest import REPO, run_bundle
@@ -119,11 +120,17 @@ class _Engine:
 
 @pytest.fixture(scope="module")
 def two_trainings(tmp_path_factory) -> tuple[Path, str, str]:
-    """A ResNet-34 training, then a plain U-Net one (``--rfe false``) in the same bundle root."""
+    """A ResNet-34 training, then a plain U-Net one (``--rfe false``, PyTorch's BatchNorm settings) in the same
+    bundle root."""
     root = tmp_path_factory.mktemp("root")
     first = _ok(run_bundle(*TRAIN, *SAMPLE, *SMALL, "--max_epochs", "1", "--bundle_root", str(root)))
     (root / "first_model.bytes").write_bytes((root / "models" / "model.pt").read_bytes())
-    second = _ok(run_bundle(*TRAIN, *SAMPLE, *SMALL, "--rfe", "false", "--max_epochs", "1", "--bundle_root", str(root)))
+    second = _ok(
+        run_bundle(
+            *TRAIN, *SAMPLE, *SMALL, "--rfe", "false", "--batchnorm", "pytorch", "--max_epochs", "1",
+            "--bundle_root", str(root),
+        )
+    )  # fmt: skip
     return root, first, second
 
 
@@ -137,6 +144,13 @@ def test_a_second_training_writes_its_own_folder_and_keeps_the_first_model(two_t
     assert own.name.endswith("_rfeunet_resnet34_norfe_64")
     assert sorted(p.name for p in own.iterdir()) == ["last_checkpoint_epoch=1.pt", "model.pt"]
     assert network_settings(own / "model.pt")["rfe"] is False
+    assert network_settings(own / "model.pt")["batchnorm"] == "pytorch"
+    # inference rebuilds the network the checkpoint records, BatchNorm settings included
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "inference.json"))
+    parser.update({"ckpt_path": str(own / "model.pt")})
+    blocks = [m for m in parser.get_parsed_content("network_def").modules() if isinstance(m, Conv)]
+    assert blocks and {(m.bn.eps, m.bn.momentum) for m in blocks} == {(1e-5, 0.1)}
     # said at the start, and at the end with how to use it
     assert f"{models} holds another training's model: {models / 'model.pt'} (rfeunet resnet34 at 64 px" in second
     assert f"This training writes to {own}" in second

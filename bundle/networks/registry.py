@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["BACKBONES", "NETWORK_DEFAULTS", "NETWORK_NAMES", "network_defaults", "network_title"]
+__all__ = ["BACKBONES", "BATCHNORMS", "NETWORK_DEFAULTS", "NETWORK_NAMES", "network_defaults", "network_title"]
 
 # "rfeunet": the paper's network (``rfe=False`` gives Table 9's plain ResNet U-Net);
 # "flexibleunet": MONAI's FlexibleUNet with a ResNet encoder of the same name (no pretrained weights);
@@ -25,12 +25,18 @@ BACKBONES: dict[str, tuple[str, list[int]]] = {
     "resnet101": ("bottleneck", [3, 4, 23, 3]),
 }
 
+# BatchNorm of the RFE U-Net's YOLOv8-style Conv blocks (RFE modules, decoder stages, head): name -> (eps, momentum).
+# "yolov8" is what ultralytics' initialize_weights() sets and the paper's blocks come with; "pytorch" is
+# torch.nn.BatchNorm2d's own default (what the ResNet encoder and MONAI's networks use). The encoder is unaffected.
+BATCHNORMS: dict[str, tuple[float, float]] = {"yolov8": (1e-3, 0.03), "pytorch": (1e-5, 0.1)}
+
 # The settings of an untrained network: the paper's main model (ResNet-101, 256 x 256, ImageNet statistics),
 # automatic (no click guidance). A checkpoint's recorded settings take precedence over these.
 NETWORK_DEFAULTS: dict[str, Any] = {
     "name": "rfeunet",
     "backbone": "resnet101",
     "rfe": True,
+    "batchnorm": "yolov8",
     "image_size": 256,
     "pixel_mean": [0.485, 0.456, 0.406],
     "pixel_std": [0.229, 0.224, 0.225],

@@ -18,7 +18,7 @@ from bundle.checkpoint import read_checkpoint, unwrap_state_dict
 from bundle.config import look_up
 from bundle.errors import CheckpointError
 from bundle.networks.blocks import SPPF, C2f, Conv, MaxPool2d
-from bundle.networks.registry import BACKBONES, NETWORK_DEFAULTS
+from bundle.networks.registry import BACKBONES, BATCHNORMS, NETWORK_DEFAULTS
 
 __all__ = ["BACKBONES", "RFE", "DecoderStage", "RFEUNet", "adapt_stem_weight", "load_encoder_weights"]
 
@@ -127,6 +127,9 @@ class RFEUNet(nn.Module):
         pool_kernel: max-pool kernel of the RFEs' SPPFs (5, as in YOLOv8).
         rfe: with False the skips are the plain encoder features :math:`e_i` (a ResNet U-Net): the paper's
             "Base Line" of Table 9, for the ablation. The decoder is unchanged.
+        batchnorm: eps and momentum of the BatchNorms in the YOLOv8-style Conv blocks (RFE modules, decoder, head):
+            ``"yolov8"`` (1e-3, 0.03; the default) or ``"pytorch"`` (1e-5, 0.1); see
+            ``bundle.networks.registry.BATCHNORMS``. The ResNet encoder keeps PyTorch's.
 
     Input: ``(B, in_channels, H, W)`` with H and W multiples of 32 (the encoder halves the resolution five
     times and the decoder doubles it back); output: ``(B, out_channels, H, W)`` logits.
@@ -148,9 +151,11 @@ class RFEUNet(nn.Module):
         c2f_shortcut: bool = False,
         pool_kernel: int = 5,
         rfe: bool = True,
+        batchnorm: str = NETWORK_DEFAULTS["batchnorm"],
     ) -> None:
         super().__init__()
         block, layers = look_up(backbone, BACKBONES, "backbone")
+        bn_eps, bn_momentum = look_up(batchnorm, BATCHNORMS, "batchnorm")
         self.size_divisor = DOWNSAMPLING
         self.encoder = ResNet(
             block,
@@ -178,6 +183,9 @@ class RFEUNet(nn.Module):
             Conv(head_channels, head_channels, 3),
             nn.Conv2d(head_channels, out_channels, kernel_size=1),
         )
+        for module in self.modules():
+            if isinstance(module, Conv):
+                module.bn.eps, module.bn.momentum = bn_eps, bn_momentum
         if pretrained_weights:
             load_encoder_weights(self.encoder, pretrained_weights)
 
