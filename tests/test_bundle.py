@@ -298,6 +298,23 @@ def test_readme_training_command_on_a_copy_of_the_bundle(tmp_path):
     assert any("layer3.22" in key for key in checkpoint)  # ResNet-101's 23-block third stage: the default
 
 
+def test_cpu_recipe_is_the_automatic_demos_recipe_and_every_key_reaches_train_json():
+    """configs/cpu_recipe.json (the model card's recommended recipe from scratch) sets only keys train.json has (the
+    runner silently ignores any other) and is what the shipped automatic demo records as its recipe."""
+    recipe = json.loads((REPO / "configs" / "cpu_recipe.json").read_text())
+    train = json.loads((REPO / "configs" / "train.json").read_text())
+    assert set(recipe) <= set(train), set(recipe) - set(train)
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "configs" / name) for name in ("train.json", "cpu_recipe.json")])
+    settings = parser.get_parsed_content("network_settings")
+    assert (settings["backbone"], settings["image_size"]) == ("resnet34", 128)
+    assert type(parser.get_parsed_content("loss_function")).__name__ == "DiceCELoss"
+    assert parser.get_parsed_content("train#trainer").state.max_epochs == 10
+    demo = model_record(REPO / "models" / "demo" / "rfeunet_resnet34_isic2017_128.pt")["about"]["recipe"]
+    for said in ("ResNet-34", "128 px", "Dice+CE", "10 epochs", "best of 10 by validation", "seed 0"):
+        assert said in demo
+
+
 @pytest.mark.parametrize("typed, has_rfe", [("false", False), (True, True)])
 def test_rfe_switch_reaches_the_network(typed, has_rfe):
     """`--rfe false` gives Table 9's baseline (plain skips) in training and inference alike."""
