@@ -52,7 +52,7 @@ def test_training_writes_best_and_last_checkpoints(trained_root):
     assert any(key.startswith("encoder.layer3.5.") for key in checkpoint)  # ResNet-34's six blocks
     record = model_record(trained_root / "models" / "model.pt")
     # what the configs and MONAI Label read back
-    assert record["network"] == {**RESNET34_128, "guidance": [], "click_radius": 3}
+    assert record["network"] == {**RESNET34_128, "batchnorm": "yolov8", "guidance": [], "click_radius": 3}
     assert record["data"]["training_pairs"] == 16 and record["data"]["synthetic_sample"] is True
     assert record["scores"]["epoch"] == 1 and 0 <= record["scores"]["val_mean_dice"] <= 1
 
