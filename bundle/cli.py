@@ -219,7 +219,7 @@ OPTION_HELP = {
     "backbone": "resnet34 | resnet50 | resnet101 [likewise]",
     "network_name": "rfeunet | flexibleunet | basicunet [likewise]",
     "rfe": "false: plain U-Net skips (the paper's baseline) [likewise]",
-    "batchnorm": "yolov8 | pytorch: eps/momentum of the RFE U-Net's YOLOv8-style BatchNorms [likewise]",
+    "batchnorm": "yolov8 | pytorch: BatchNorm eps/momentum of the YOLOv8 blocks [likewise]",
     "loss": "adaptexp | adaptexpce | adaptlog | dicece | dice | bce | exp | focal",
     "augment": "augmentation groups: flips, rotate, colour, greyscale (or none)",
     "model_selection": "best | last: the epoch models/model.pt keeps",
